@@ -1,0 +1,1 @@
+"""docqueue: a durable, asynchronous job service for document work."""

@@ -1,0 +1,101 @@
+"""Settings for every part of docqueue, read from DOCQUEUE_* variables and an optional docqueue.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Everything docqueue can be told; built once at start and passed in, never a global."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DOCQUEUE_", toml_file="docqueue.toml", extra="ignore"
+    )
+
+    #: Folder for runtime data (the SQLite file, stored files) when no URL says otherwise.
+    home: Path = Path(".docqueue")
+    #: SQLAlchemy URL of the job store; empty means a SQLite file under `home`.
+    database_url: str = ""
+    #: fsspec URL of the object storage; empty means a folder under `home`.
+    storage_url: str = ""
+    #: How jobs reach workers: `local` (workers claim from the store) or `celery`.
+    dispatch: Literal["local", "celery"] = "local"
+    #: Celery broker URL, used when `dispatch` is `celery`.
+    broker_url: str = "redis://127.0.0.1:6379/0"
+
+    #: Child processes per worker.
+    concurrency: int = Field(default=2, ge=1)
+    #: Queues a worker takes jobs from, in no particular order (priority decides).
+    queues: Annotated[list[str], NoDecode] = ["default"]
+    #: Most running jobs per queue across all workers; a queue not named here has no limit.
+    queue_limits: dict[str, int] = {}
+    #: Most jobs waiting in one queue before submissions get 429; 0 means no limit.
+    max_queued: int = Field(default=0, ge=0)
+    #: Seconds a claimed job stays leased without a heartbeat before the reaper takes it back.
+    lease_seconds: float = Field(default=30.0, gt=0)
+    #: Seconds a job may run before its child process is killed (a processor may set its own).
+    job_timeout: float = Field(default=600.0, gt=0)
+    #: Attempts a job gets before it fails for good (a processor may set its own).
+    max_attempts: int = Field(default=3, ge=1)
+    #: First retry delay in seconds; each later one doubles, up to `retry_max_delay`.
+    retry_base_delay: float = Field(default=2.0, ge=0)
+    #: Longest retry delay in seconds.
+    retry_max_delay: float = Field(default=600.0, ge=0)
+    #: Jobs a child runs before it is replaced by a fresh one; 0 means never.
+    max_jobs_per_child: int = Field(default=1000, ge=0)
+    #: Seconds running jobs get to finish after SIGTERM before they are released.
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    #: Seconds between store polls of an idle worker (PostgreSQL also wakes it by NOTIFY).
+    poll_interval: float = Field(default=0.02, gt=0)
+    #: Days finished jobs and their artifacts are kept; 0 keeps them forever.
+    retention_days: float = Field(default=7.0, ge=0)
+    #: Python modules imported at start that register custom processors.
+    imports: Annotated[list[str], NoDecode] = []
+
+    #: Log format: `plain` for people, `json` for log collectors.
+    log_format: Literal["plain", "json"] = "plain"
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments first, then the environment, then docqueue.toml."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("queues", "imports", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        """Accept `a,b` as well as a JSON list, since people type lists in variables."""
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The job store URL, defaulting to a SQLite file under `home`."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'docqueue.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """The storage URL, defaulting to a folder under `home`."""
+        if self.storage_url:
+            return self.storage_url
+        return (self.home / "files").resolve().as_uri()

@@ -1,0 +1,159 @@
+"""JobReader: the read side of the store (jobs, timelines, artifacts, counts); it writes nothing."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, Engine, and_, func, or_, select
+
+from docqueue.errors import InputError, NotFound
+from docqueue.models import Artifact, Job, JobEvent, JobState, QueueStats, utcnow
+from docqueue.store.engine import read_transaction
+from docqueue.store.rows import artifact_from_row, event_from_row, job_from_row
+from docqueue.store.tables import artifacts, job_events, jobs
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job list, newest first, and the cursor of the next page (None at the end)."""
+
+    items: list[Job]
+    next_cursor: str | None
+
+
+class JobReader:
+    """Read-only queries over the store, each served by an index."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    def get(self, job_id: UUID) -> Job:
+        """The job `job_id`, or NotFound."""
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"job {job_id} does not exist (or was pruned)")
+        return job_from_row(row)
+
+    def list_jobs(
+        self,
+        *,
+        status: JobState | None = None,
+        operation: str | None = None,
+        queue: str | None = None,
+        batch_id: UUID | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first, filtered; pass `next_cursor` back for the following page."""
+        query = select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
+        for column, value in (
+            (jobs.c.status, status.value if status else None),
+            (jobs.c.operation, operation),
+            (jobs.c.queue, queue),
+            (jobs.c.batch_id, batch_id),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if cursor:
+            query = query.where(jobs.c.id < _decode_cursor(cursor))
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(query).all()
+        items = [job_from_row(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return JobPage(items, _encode_cursor(items[-1].id) if more and items else None)
+
+    def events(self, job_id: UUID, *, after: int = 0) -> list[JobEvent]:
+        """The timeline of `job_id` after event id `after`, oldest first."""
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(
+                select(job_events)
+                .where(job_events.c.job_id == job_id, job_events.c.id > after)
+                .order_by(job_events.c.id)
+            ).all()
+        return [event_from_row(row) for row in rows]
+
+    def artifacts(self, job_id: UUID) -> list[Artifact]:
+        """The files job `job_id` read and wrote."""
+        with read_transaction(self.engine) as conn:
+            return self.artifacts_of(conn, [job_id])
+
+    def artifacts_of(self, conn: Connection, ids: Sequence[UUID]) -> list[Artifact]:
+        """The artifacts of several jobs, inside the caller's transaction."""
+        rows = conn.execute(
+            select(artifacts).where(artifacts.c.job_id.in_(ids)).order_by(artifacts.c.id)
+        ).all()
+        return [artifact_from_row(row) for row in rows]
+
+    def is_referenced(self, sha256: str) -> bool:
+        """True while some stored job still names the bytes `sha256`."""
+        with read_transaction(self.engine) as conn:
+            query = select(artifacts.c.id).where(artifacts.c.sha256 == sha256).limit(1)
+            return conn.execute(query).first() is not None
+
+    def position(self, job: Job) -> int | None:
+        """How many queued jobs of the same queue will be claimed before `job` (None if not queued)."""
+        if job.status != JobState.QUEUED:
+            return None
+        ahead = or_(
+            jobs.c.priority > job.priority,
+            and_(jobs.c.priority == job.priority, jobs.c.run_at < job.run_at),
+            and_(jobs.c.priority == job.priority, jobs.c.run_at == job.run_at, jobs.c.id < job.id),
+        )
+        query = select(func.count()).where(
+            jobs.c.status == JobState.QUEUED.value, jobs.c.queue == job.queue, ahead
+        )
+        with read_transaction(self.engine) as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def stats(self, *, now: datetime | None = None) -> QueueStats:
+        """Counts per queue and state, the age of the oldest queued job, jobs finished in a minute."""
+        now = now or utcnow()
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(
+                select(jobs.c.queue, jobs.c.status, func.count()).group_by(
+                    jobs.c.status, jobs.c.queue
+                )
+            ).all()
+            oldest = conn.execute(
+                select(func.min(jobs.c.run_at)).where(jobs.c.status == JobState.QUEUED.value)
+            ).scalar()
+            recent = conn.execute(
+                select(func.count()).where(
+                    jobs.c.status.in_([s.value for s in JobState if s.finished]),
+                    jobs.c.finished_at >= now - timedelta(minutes=1),
+                )
+            ).scalar_one()
+        counts: dict[str, dict[str, int]] = {}
+        for queue, status, count in rows:
+            counts.setdefault(queue, {})[status] = count
+        age = (now - _aware(oldest)).total_seconds() if oldest is not None else None
+        return QueueStats(counts=counts, oldest_queued_age=age, finished_last_minute=recent)
+
+
+def _aware(value: Any) -> datetime:
+    """SQLite's MIN() bypasses the column type and returns text or a naive value."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _encode_cursor(job_id: UUID) -> str:
+    """An opaque cursor for the page after `job_id`."""
+    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> UUID:
+    """The job id inside a cursor, or a clear error for a mangled one."""
+    try:
+        return UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError:
+        raise InputError(
+            f"cursor {cursor!r} is not one this server gave out; start without one"
+        ) from None
