@@ -68,9 +68,7 @@ class Registry:
         self.processors[processor.name] = processor
         return processor
 
-    def processor(
-        self, name: str, **options: Any
-    ) -> Callable[[ProcessorFunc], ProcessorFunc]:
+    def processor(self, name: str, **options: Any) -> Callable[[ProcessorFunc], ProcessorFunc]:
         """Decorator form of `add`: `@registry.processor("thumbnail", params_model=...)`."""
 
         def decorate(func: ProcessorFunc) -> ProcessorFunc:
@@ -94,7 +92,9 @@ class Registry:
             return self.processors[operation]
         except KeyError:
             known = ", ".join(sorted(self.processors)) or "none"
-            raise InvalidJob(f"unknown operation {operation!r}; known operations: {known}") from None
+            raise InvalidJob(
+                f"unknown operation {operation!r}; known operations: {known}"
+            ) from None
 
     def validate(self, operation: str, params: object) -> JSON:
         """Check `params` for `operation` at enqueue; return them as they will be stored."""
@@ -158,4 +158,3 @@ def _explain(exc: ValidationError) -> str:
         where = ".".join(str(item) for item in error["loc"]) or "params"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
-

@@ -69,3 +69,26 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
     """A read-only snapshot."""
     with engine.connect() as connection, connection.begin():
         yield connection
+
+
+class Listener:
+    """A PostgreSQL connection that LISTENs for queued jobs, to wake an idle worker at once."""
+
+    def __init__(self, engine: Engine) -> None:
+        import psycopg
+
+        url = engine.url.set(drivername="postgresql")
+        self._conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+    def fileno(self) -> int:
+        """The socket to wait on."""
+        return self._conn.fileno()
+
+    def drain(self) -> set[str]:
+        """The queues named by notifications that arrived; never blocks."""
+        return {n.payload for n in self._conn.notifies(timeout=0)}
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()

@@ -26,6 +26,7 @@ from docqueue.models import (
     Succeeded,
     utcnow,
 )
+from docqueue.settings import Settings
 from docqueue.store.engine import NOTIFY_CHANNEL, make_engine, write_transaction
 from docqueue.store.reader import JobReader
 from docqueue.store.rows import job_from_row
@@ -56,6 +57,16 @@ class JobStore(JobReader):
     def from_url(cls, url: str, **options: Any) -> JobStore:
         """A store on a fresh engine for `url`."""
         return cls(make_engine(url), **options)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        """The store the settings describe, with their retry and queue-size rules."""
+        return cls.from_url(
+            settings.resolved_database_url,
+            retry_policy=RetryPolicy(settings.retry_base_delay, settings.retry_max_delay),
+            default_max_attempts=settings.max_attempts,
+            max_queued=settings.max_queued,
+        )
 
     # -- enqueue -----------------------------------------------------------------------------
 

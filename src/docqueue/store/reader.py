@@ -69,6 +69,17 @@ class JobReader:
         more = len(rows) > limit
         return JobPage(items, _encode_cursor(items[-1].id) if more and items else None)
 
+    def pending(self, queues: Sequence[str], limit: int) -> list[Job]:
+        """The next queued jobs of `queues` in the order a claim would take them."""
+        query = (
+            select(jobs)
+            .where(jobs.c.status == JobState.QUEUED.value, jobs.c.queue.in_(queues))
+            .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+            .limit(limit)
+        )
+        with read_transaction(self.engine) as conn:
+            return [job_from_row(row) for row in conn.execute(query).all()]
+
     def events(self, job_id: UUID, *, after: int = 0) -> list[JobEvent]:
         """The timeline of `job_id` after event id `after`, oldest first."""
         with read_transaction(self.engine) as conn:
@@ -90,6 +101,33 @@ class JobReader:
             select(artifacts).where(artifacts.c.job_id.in_(ids)).order_by(artifacts.c.id)
         ).all()
         return [artifact_from_row(row) for row in rows]
+
+    def inputs(self, job_ids: Sequence[UUID]) -> dict[UUID, list[Artifact]]:
+        """The input artifacts of several jobs, by job id (one query for a whole claim)."""
+        if not job_ids:
+            return {}
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(
+                select(artifacts)
+                .where(artifacts.c.job_id.in_(job_ids), artifacts.c.role == "input")
+                .order_by(artifacts.c.id)
+            ).all()
+        found: dict[UUID, list[Artifact]] = {}
+        for row in rows:
+            found.setdefault(row.job_id, []).append(artifact_from_row(row))
+        return found
+
+    def has_due(self, queues: Sequence[str], *, now: datetime | None = None) -> bool:
+        """True when a claim on `queues` would find work: a cheap read that takes no write lock."""
+        now = now or utcnow()
+        queued = select(jobs.c.id).where(
+            jobs.c.status == JobState.QUEUED.value, jobs.c.queue.in_(queues), jobs.c.run_at <= now
+        )
+        due = select(jobs.c.id).where(
+            jobs.c.status == JobState.SCHEDULED.value, jobs.c.run_at <= now
+        )
+        with read_transaction(self.engine) as conn:
+            return any(conn.execute(q.limit(1)).first() is not None for q in (queued, due))
 
     def is_referenced(self, sha256: str) -> bool:
         """True while some stored job still names the bytes `sha256`."""

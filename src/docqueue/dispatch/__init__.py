@@ -1,0 +1,1 @@
+"""How a job reaches a worker: the local process pool, or Celery."""

@@ -1,0 +1,145 @@
+"""The one execution path for every dispatch: a claimed job goes through its processor to an outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from uuid import UUID
+
+from docqueue.errors import InputError
+from docqueue.models import (
+    Artifact,
+    Cancelled,
+    Completion,
+    ErrorInfo,
+    Failed,
+    InputFile,
+    Job,
+    JobState,
+    Outcome,
+    Succeeded,
+)
+from docqueue.processors import Context, Registry, Resources
+from docqueue.storage import Storage, StorageOutputWriter
+from docqueue.store import JobStore
+
+log = logging.getLogger("docqueue.runner")
+ProgressSink = Callable[[float, str | None], None]
+
+
+class Runner:
+    """Runs jobs in this process, with the resources this process has loaded."""
+
+    def __init__(self, registry: Registry, storage: Storage, scratch: Path | None = None) -> None:
+        self.registry = registry
+        self.storage = storage
+        self.resources = Resources(registry)
+        self.scratch = scratch
+
+    def execute(
+        self,
+        job: Job,
+        inputs: Sequence[Artifact] = (),
+        *,
+        progress: ProgressSink | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> Outcome:
+        """Run one attempt of `job`; every error becomes a value, nothing escapes."""
+        logger = logging.LoggerAdapter(logging.getLogger("docqueue.job"), {"job_id": str(job.id)})
+        try:
+            processor = self.registry.get(job.operation)
+            with ExitStack() as stack:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self.scratch)))
+                ctx = Context(
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    operation=job.operation,
+                    params=job.params,
+                    resources=self.resources,
+                    workdir=workdir,
+                    inputs=[stack.enter_context(self._local(a)) for a in inputs],
+                    outputs=StorageOutputWriter(self.storage, job.id),
+                    log=logger,
+                )
+                if progress is not None:
+                    ctx.report_progress = progress
+                if is_cancelled is not None:
+                    ctx.is_cancelled = is_cancelled
+                result = processor.func(ctx) or {}
+                if ctx.is_cancelled():
+                    return Cancelled()
+                return Succeeded(_checked_result(job.operation, result), tuple(ctx.written))
+        except InputError as exc:
+            logger.info("job failed on its input: %s", exc)
+            return Failed(ErrorInfo(type(exc).__name__, str(exc)), permanent=True)
+        except Exception as exc:
+            logger.warning("job attempt %s failed: %s", job.attempt, exc, exc_info=True)
+            return Failed(ErrorInfo(type(exc).__name__, str(exc), traceback.format_exc()))
+
+    @contextmanager
+    def _local(self, artifact: Artifact) -> Iterator[InputFile]:
+        """An input artifact as a local file for the length of the attempt."""
+        with self.storage.local_path(artifact.sha256) as path:
+            yield InputFile(str(path), artifact.name, artifact.media_type, artifact.sha256)
+
+
+def _checked_result(operation: str, result: object) -> dict[str, object]:
+    """The processor's result if it is a JSON object, else an input error naming the processor."""
+    if not isinstance(result, dict):
+        raise InputError(f"processor {operation!r} returned {type(result).__name__}, not a dict")
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"processor {operation!r} returned a result that is not JSON: {exc}"
+        ) from None
+    return result
+
+
+def run_job_id(
+    store: JobStore,
+    runner: Runner,
+    job_id: UUID,
+    worker_id: str,
+    *,
+    lease_seconds: float,
+) -> JobState | None:
+    """Claim the job `job_id`, run it here and record the outcome (for dispatches that deliver ids).
+
+    Returns the job's new state, or None when the job was not claimable (already taken, finished,
+    cancelled or not yet due): the store decides, a delivered id is only a hint.
+    """
+    job = store.claim_job(job_id, worker_id, lease_seconds=lease_seconds)
+    if job is None:
+        return None
+    held = [(job.id, job.attempt)]
+    lost = threading.Event()
+    stop = threading.Event()
+
+    def keep_lease() -> None:
+        while not stop.wait(lease_seconds / 3):
+            if store.heartbeat(worker_id, held, lease_seconds=lease_seconds):
+                lost.set()
+                return
+
+    beat = threading.Thread(target=keep_lease, name=f"lease-{job.id}", daemon=True)
+    beat.start()
+    try:
+        outcome = runner.execute(
+            job,
+            store.inputs([job.id]).get(job.id, []),
+            progress=lambda fraction, message: store.report_progress(
+                [(job.id, job.attempt, fraction, message)]
+            ),
+            is_cancelled=lost.is_set,
+        )
+    finally:
+        stop.set()
+        beat.join()
+    return store.complete([Completion(job.id, job.attempt, outcome)])[0]
