@@ -112,8 +112,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the attempt after `attempt` (which counts from 1)."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** max(attempt - 1, 0))
-        return ceiling * (0.5 + 0.5 * (rng or random).random())
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(attempt - 1, 0))
+        fraction: float = (rng or random).random()
+        return ceiling * (0.5 + 0.5 * fraction)
 
 
 @dataclass(frozen=True)

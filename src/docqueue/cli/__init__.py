@@ -1,4 +1,4 @@
-"""The `docqueue` command: worker, jobs, stats, db."""
+"""The `docqueue` command: serve, worker, submit, jobs, stats, db."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import typer
 
 from docqueue.cli.jobs import jobs_app
 from docqueue.cli.output import console, stats_table
+from docqueue.cli.serve import serve
+from docqueue.cli.submit import submit
 from docqueue.dispatch.local import Supervisor
 from docqueue.logs import configure_logging
 from docqueue.settings import Settings
@@ -20,13 +22,16 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(jobs_app, name="jobs")
+app.command()(serve)
+app.command()(submit)
 db_app = typer.Typer(help="The job store's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment and docqueue.toml, with command-line values on top."""
-    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Settings.model_validate(given)
 
 
 @app.command()

@@ -120,8 +120,8 @@ class Supervisor:
 
     def _step(self) -> bool:
         """One turn of the loop; False when the worker should exit."""
-        if not self.stopping:
-            self._fill()
+        self._flush_progress()
+        self._exchange()
         self._assign()
         busy = [c for c in self.children if c.job is not None]
         if self.stopping and (not busy or time.monotonic() >= (self.timers.stop_by or 0)):
@@ -130,7 +130,6 @@ class Supervisor:
             return False
         self._wait(busy)
         self._enforce_deadlines()
-        self._flush()
         self._maintain()
         return True
 
@@ -142,7 +141,9 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         """Release what is not finished, stop the children, say goodbye in the store."""
-        self._flush()
+        self.stopping = True
+        self._flush_progress()
+        self._exchange()
         held = [(job.id, job.attempt) for job, _ in self.buffer]
         held += [(c.job.id, c.job.attempt) for c in self.children if c.job is not None]
         for child in self.children:
@@ -187,27 +188,50 @@ class Supervisor:
 
     # -- claiming ----------------------------------------------------------------------------
 
-    def _fill(self) -> None:
-        """Claim as many jobs as there are idle children (plus prefetch) when work may be there."""
-        idle = sum(1 for c in self.children if c.job is None)
-        want = idle + self.prefetch - len(self.buffer)
-        now = time.monotonic()
-        if want <= 0 or (now < self.timers.poll and not self.timers.last_claim_full):
+    def _exchange(self) -> None:
+        """Record finished jobs and claim the next ones in one transaction (group commit)."""
+        want = 0 if self.stopping else self._want()
+        if not self.completions and want and not self._claim_due():
+            want = 0
+        if not self.completions and not want:
             return
-        self.timers.poll = now + self._idle_poll()
-        if not self.timers.last_claim_full and not self.store.has_due(self.settings.queues):
-            return
-        jobs = self.store.claim(
+        states, jobs = self.store.complete_and_claim(
+            self.completions,
             self.worker_id,
             self.settings.queues,
             want,
             lease_seconds=self.settings.lease_seconds,
             queue_limits=self.settings.queue_limits,
         )
-        self.timers.last_claim_full = len(jobs) == want
-        with_files = [j.id for j in jobs if self._takes_file(j.operation)]
-        inputs = self.store.inputs(with_files)
-        self.buffer.extend((job, inputs.get(job.id, [])) for job in jobs)
+        for completion, state in zip(self.completions, states, strict=True):
+            if state is None:
+                log.info(
+                    "job %s: attempt %s no longer held; outcome dropped",
+                    completion.job_id,
+                    completion.attempt,
+                )
+        self.completions = []
+        if want:
+            self.timers.last_claim_full = len(jobs) == want
+            self.timers.poll = time.monotonic() + self._idle_poll()
+            with_files = [j.id for j in jobs if self._takes_file(j.operation)]
+            inputs = self.store.inputs(with_files)
+            self.buffer.extend((job, inputs.get(job.id, [])) for job in jobs)
+
+    def _want(self) -> int:
+        """How many jobs to claim: one per idle child, plus the prefetch, less what is buffered."""
+        idle = sum(1 for c in self.children if c.job is None)
+        return max(0, idle + self.prefetch - len(self.buffer))
+
+    def _claim_due(self) -> bool:
+        """True when a claim may find work: right after a full claim, or a due poll that finds some."""
+        if self.timers.last_claim_full:
+            return True
+        now = time.monotonic()
+        if now < self.timers.poll:
+            return False
+        self.timers.poll = now + self._idle_poll()
+        return self.store.has_due(self.settings.queues)
 
     def _takes_file(self, operation: str) -> bool:
         """True when the operation's processor reads input files."""
@@ -254,8 +278,8 @@ class Supervisor:
         if self.listener is not None and not self.stopping:
             objects.append(self.listener)
         for ready in wait(objects, timeout):
-            if ready is self.listener:
-                if self.listener.drain() & set(self.settings.queues):
+            if isinstance(ready, Listener):
+                if ready.drain() & set(self.settings.queues):
                     self.timers.poll = 0.0
                 continue
             for child in list(self.children):
@@ -332,21 +356,11 @@ class Supervisor:
             child.conn.close()
             self._replace(child)
 
-    def _flush(self) -> None:
-        """Write the outcomes and progress gathered since the last flush, in one transaction each."""
+    def _flush_progress(self) -> None:
+        """Write the progress reports gathered since the last flush, in one transaction."""
         if self.progress:
             self.store.report_progress(self.progress)
             self.progress = []
-        if self.completions:
-            states = self.store.complete(self.completions)
-            for completion, state in zip(self.completions, states, strict=True):
-                if state is None:
-                    log.info(
-                        "job %s: attempt %s lost its lease; outcome dropped",
-                        completion.job_id,
-                        completion.attempt,
-                    )
-            self.completions = []
 
     # -- periodic duties ---------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ class Registry:
                 model = processor.params_model.model_validate(params)
             except ValidationError as exc:
                 raise InvalidJob(f"invalid params for {operation!r}: {_explain(exc)}") from None
-            return model.model_dump(mode="json", exclude_unset=True)
+            params = model.model_dump(mode="json", exclude_unset=True)
         return ensure_json(params, "params")
 
     def load_modules(self, modules: Iterable[str]) -> None:

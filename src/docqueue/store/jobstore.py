@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
@@ -168,10 +168,33 @@ class JobStore(JobReader):
         now: datetime | None = None,
     ) -> list[Job]:
         """Lease up to `limit` due jobs from `queues`, highest priority first, then oldest."""
+        return self.complete_and_claim(
+            [],
+            worker_id,
+            queues,
+            limit,
+            lease_seconds=lease_seconds,
+            queue_limits=queue_limits,
+            now=now,
+        )[1]
+
+    def complete_and_claim(
+        self,
+        completions: Sequence[Completion],
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        lease_seconds: float,
+        queue_limits: dict[str, int] | None = None,
+        now: datetime | None = None,
+    ) -> tuple[list[JobState | None], list[Job]]:
+        """Record outcomes and lease the next jobs in one transaction (one commit, not two)."""
         now = now or utcnow()
-        if limit <= 0:
-            return []
         with write_transaction(self.engine) as conn:
+            states = [self._complete_one(conn, c, now) for c in completions]
+            if limit <= 0:
+                return states, []
             self._promote(conn, now)
             candidates: list[Any] = []
             for queue in queues:
@@ -180,7 +203,7 @@ class JobStore(JobReader):
                     candidates.extend(conn.execute(self._head(queue, room, now)).all())
             candidates.sort(key=lambda row: (-row.priority, row.run_at, row.id))
             ids = [row.id for row in candidates[:limit]]
-            return self._lease(conn, ids, worker_id, lease_seconds, now)
+            return states, self._lease(conn, ids, worker_id, lease_seconds, now)
 
     def claim_job(
         self, job_id: UUID, worker_id: str, *, lease_seconds: float, now: datetime | None = None
@@ -338,7 +361,7 @@ class JobStore(JobReader):
     ) -> JobState | None:
         """Schedule a retry with backoff, or fail for good when permanent or out of attempts."""
         delay = self.retry_policy.delay(attempt)
-        retry = and_(jobs.c.attempt < jobs.c.max_attempts, not outcome.permanent)
+        retry = and_(jobs.c.attempt < jobs.c.max_attempts, literal(not outcome.permanent))
         row = conn.execute(
             self._running(job_id, attempt)
             .values(

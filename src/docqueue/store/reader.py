@@ -177,9 +177,9 @@ class JobReader:
 
 def _aware(value: Any) -> datetime:
     """SQLite's MIN() bypasses the column type and returns text or a naive value."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    assert isinstance(moment, datetime)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _encode_cursor(job_id: UUID) -> str:

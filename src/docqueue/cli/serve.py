@@ -1,0 +1,81 @@
+"""`docqueue serve`: the HTTP API and a worker pool in one command, on the embedded defaults."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from docqueue.settings import Settings
+
+log = logging.getLogger("docqueue.serve")
+
+
+class WorkerProcess:
+    """A `docqueue worker` child of the server, restarted if it dies while the server runs."""
+
+    def __init__(self, settings: Settings, args: list[str]) -> None:
+        self.settings = settings
+        self.args = args
+        self.stopping = threading.Event()
+        self.process = self._start()
+        self.watchdog = threading.Thread(target=self._watch, name="worker-watchdog", daemon=True)
+        self.watchdog.start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        """Start the worker with the same settings (environment and flags)."""
+        return subprocess.Popen([sys.executable, "-m", "docqueue", "worker", *self.args])
+
+    def _watch(self) -> None:
+        """Restart the worker when it exits on its own."""
+        while not self.stopping.wait(1.0):
+            code = self.process.poll()
+            if code is not None and not self.stopping.is_set():
+                log.error("worker process exited with %s; starting a new one", code)
+                self.process = self._start()
+
+    def stop(self) -> None:
+        """Stop it gracefully (SIGTERM), within its grace period."""
+        self.stopping.set()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=self.settings.shutdown_grace + 10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", help="Worker child processes.")
+    ] = None,
+    workers: Annotated[bool, typer.Option(help="Run the worker pool in this command.")] = True,
+) -> None:
+    """Run the HTTP API, the web UI and a worker pool; Ctrl-C stops them gracefully."""
+    from docqueue.api.app import create_app
+    from docqueue.cli import load_settings
+    from docqueue.logs import configure_logging
+    from docqueue.store import JobStore, upgrade
+
+    settings = load_settings(concurrency=concurrency)
+    configure_logging(settings)
+    store = JobStore.from_settings(settings)
+    upgrade(store.engine)
+    store.engine.dispose()
+    pool = None
+    if workers:
+        pool = WorkerProcess(settings, ["--concurrency", str(settings.concurrency)])
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    finally:
+        if pool is not None:
+            pool.stop()

@@ -1,0 +1,70 @@
+"""Processors the end-to-end tests load into real workers with `--import tests.e2e.processors`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from docqueue.models import JSON
+from docqueue.processors import Context, Registry
+
+
+def _append(path: str, line: str) -> None:
+    """Append one line atomically (O_APPEND), so concurrent processes never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def record(ctx: Context) -> JSON:
+    """Write `job attempt pid` to params.path when done; sleep first if asked."""
+    started = ctx.params.get("started")
+    if started:
+        _append(started, f"{ctx.job_id} {ctx.attempt} {os.getpid()}")
+    deadline = time.monotonic() + ctx.params.get("sleep", 0)
+    while time.monotonic() < deadline:
+        if ctx.is_cancelled():
+            return {"stopped": True}
+        time.sleep(0.02)
+    _append(ctx.params["path"], f"{ctx.job_id} {ctx.attempt} {os.getpid()}")
+    return {"pid": os.getpid()}
+
+
+def crash(ctx: Context) -> JSON:
+    """Kill this very process with SIGKILL on the attempts listed in params.kill_on."""
+    if ctx.attempt in ctx.params.get("kill_on", [1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"survived_attempt": ctx.attempt}
+
+
+def hang(ctx: Context) -> JSON:
+    """Never return, and ignore cancellation: only a kill stops it."""
+    while True:
+        time.sleep(1)
+
+
+def load_counter() -> Path:
+    """A resource whose every load appends this process id to the file named by $LOADS_FILE."""
+    path = os.environ["LOADS_FILE"]
+    _append(path, str(os.getpid()))
+    time.sleep(0.2)  # loading a model takes time; a per-job load would show in the job count
+    return Path(path)
+
+
+def use_counter(ctx: Context) -> JSON:
+    """Use the counted resource and say which process ran."""
+    ctx.resources.get("counter")
+    return {"pid": os.getpid()}
+
+
+def register(registry: Registry) -> None:
+    """Add the test processors."""
+    registry.resource("counter")(load_counter)
+    registry.processor("record")(record)
+    registry.processor("crash")(crash)
+    registry.processor("hang")(hang)
+    registry.processor("counted", resources=("counter",))(use_counter)
