@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(default=2.0, ge=0)
     #: Longest retry delay in seconds.
     retry_max_delay: float = Field(default=600.0, ge=0)
+    #: Most jobs a worker claims ahead of its free children; used only while jobs are short
+    #: (see `short_job_seconds`), so a long job never waits behind another one.
+    prefetch: int = Field(default=16, ge=0)
+    #: Jobs that take less than this on average are short enough to be claimed ahead.
+    short_job_seconds: float = Field(default=0.05, ge=0)
     #: Jobs a child runs before it is replaced by a fresh one; 0 means never.
     max_jobs_per_child: int = Field(default=1000, ge=0)
     #: Seconds running jobs get to finish after SIGTERM before they are released.
@@ -61,6 +66,19 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=7.0, ge=0)
     #: Python modules imported at start that register custom processors.
     imports: Annotated[list[str], NoDecode] = []
+
+    #: Largest upload the API accepts, in bytes; a bigger one gets 413 and nothing is kept.
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    #: Longest `?wait=` long-poll in seconds; a longer wait asked for is cut to this.
+    max_wait_seconds: float = Field(default=60.0, ge=0)
+    #: Secret the cron trigger `POST /v1/queue/process` must send in `X-Docqueue-Secret`;
+    #: unset, the trigger refuses every call (403).
+    process_secret: SecretStr | None = None
+    #: `/readyz` wants a worker heard from within this many seconds; 0 skips that check
+    #: (for installations that process only through the cron trigger).
+    ready_worker_seconds: float = Field(default=60.0, ge=0)
+    #: Threads that run the API's blocking endpoints (uploads, long-polls, store reads).
+    api_threads: int = Field(default=100, ge=1)
 
     #: Log format: `plain` for people, `json` for log collectors.
     log_format: Literal["plain", "json"] = "plain"

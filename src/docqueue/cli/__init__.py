@@ -46,7 +46,6 @@ def worker(
     imports: Annotated[
         str | None, typer.Option("--import", help="Modules with custom processors, a,b.")
     ] = None,
-    prefetch: Annotated[int, typer.Option(help="Jobs claimed ahead of free children.")] = 0,
 ) -> None:
     """Run a worker: a supervisor and its child processes, until SIGTERM or Ctrl-C."""
     settings = load_settings(concurrency=concurrency, queues=queues, imports=imports)
@@ -54,7 +53,7 @@ def worker(
     store = JobStore.from_settings(settings)
     upgrade(store.engine)
     store.engine.dispose()
-    supervisor = Supervisor(settings, burst=burst, prefetch=prefetch)
+    supervisor = Supervisor(settings, burst=burst)
     supervisor.install_signal_handlers()
     supervisor.run()
 

@@ -75,7 +75,8 @@ def serve(
     if workers:
         pool = WorkerProcess(settings, ["--concurrency", str(settings.concurrency)])
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+        # The API logs every request itself, with the job id; uvicorn's access log would repeat it.
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     finally:
         if pool is not None:
             pool.stop()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import signal
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Event
+from uuid import UUID
 
 from docqueue.logs import configure_logging
-from docqueue.models import Artifact, Job
+from docqueue.models import Artifact, Job, Outcome
 from docqueue.processors import builtin_registry
 from docqueue.runner import Runner
 from docqueue.settings import Settings
@@ -20,8 +22,14 @@ PROGRESS_INTERVAL = 0.25
 Task = tuple[Job, list[Artifact]]
 
 
-def child_main(conn: Connection, cancel: Event, settings: Settings) -> None:
-    """Serve jobs from `conn` until it closes or says None."""
+def child_main(
+    conn: Connection, cancel: Event, slot: SynchronizedArray[float], settings: Settings
+) -> None:
+    """Serve chunks of jobs from `conn` until it closes or says None.
+
+    `slot` tells the supervisor which job of the chunk runs and since when (index, wall time),
+    without a message per job: that is what its timeouts and crash accounting read.
+    """
     # The supervisor decides when children stop; Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -30,16 +38,22 @@ def child_main(conn: Connection, cancel: Event, settings: Settings) -> None:
     runner.resources.warm_up()
     while True:
         try:
-            task: Task | None = conn.recv()
+            chunk: list[Task] | None = conn.recv()
         except EOFError:
             return
-        if task is None:
+        if chunk is None:
             return
-        run_task(conn, cancel, runner, task)
+        outcomes = []
+        for index, task in enumerate(chunk):
+            slot[0], slot[1] = index, time.time()
+            outcomes.append(run_task(conn, cancel, runner, task))
+        conn.send(("done", outcomes))
 
 
-def run_task(conn: Connection, cancel: Event, runner: Runner, task: Task) -> None:
-    """Run one job and send its progress and outcome back."""
+def run_task(
+    conn: Connection, cancel: Event, runner: Runner, task: Task
+) -> tuple[UUID, int, Outcome]:
+    """Run one job, sending its progress back; return its outcome."""
     job, inputs = task
     last_report = 0.0
 
@@ -51,4 +65,4 @@ def run_task(conn: Connection, cancel: Event, runner: Runner, task: Task) -> Non
             conn.send(("progress", job.id, job.attempt, fraction, message))
 
     outcome = runner.execute(job, inputs, progress=progress, is_cancelled=cancel.is_set)
-    conn.send(("done", job.id, job.attempt, outcome))
+    return job.id, job.attempt, outcome

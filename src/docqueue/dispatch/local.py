@@ -9,18 +9,16 @@ import signal
 import socket
 import time
 from collections import deque
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event
+from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any
 from uuid import UUID, uuid4
 
-from docqueue.dispatch.child import Task, child_main
-from docqueue.models import Completion, ErrorInfo, Failed, Job
+from docqueue.dispatch.child import Task
+from docqueue.dispatch.pool import ChildHandle
+from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import Registry, builtin_registry
 from docqueue.settings import Settings
 from docqueue.store import JobStore, WorkerRegistry
@@ -31,21 +29,12 @@ log = logging.getLogger("docqueue.worker")
 CANCEL_GRACE = 5.0
 #: Seconds between idle polls on PostgreSQL, where NOTIFY wakes workers and polls are a fallback.
 NOTIFY_FALLBACK_POLL = 1.0
+#: Seconds a finished job's outcome may wait to share a commit with others (group commit).
+GROUP_COMMIT_WINDOW = 0.02
+#: Most short jobs handed to a child in one message.
+MAX_CHUNK = 8
 #: Seconds between prunes of finished jobs past the retention time.
 PRUNE_INTERVAL = 600.0
-
-
-@dataclass
-class Child:
-    """One child process and the job it runs, if any."""
-
-    process: BaseProcess
-    conn: Connection
-    cancel: Event
-    job: Job | None = None
-    deadline: float = 0.0
-    kill_at: float | None = None
-    jobs_run: int = 0
 
 
 @dataclass
@@ -56,30 +45,39 @@ class Timers:
     heartbeat: float = 0.0
     reap: float = 0.0
     prune: float = 0.0
+    flush_by: float = 0.0
     stop_by: float | None = None
     last_claim_full: bool = False
-    idle_since: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Pending:
+    """What the supervisor has to write: outcomes, progress, jobs to give back."""
+
+    completions: list[Completion] = field(default_factory=list)
+    progress: list[tuple[UUID, int, float, str | None]] = field(default_factory=list)
+    release: list[tuple[UUID, int]] = field(default_factory=list)
 
 
 class Supervisor:
     """Claims jobs, hands them to N children, enforces timeouts and leases, stops gracefully."""
 
-    def __init__(self, settings: Settings, *, burst: bool = False, prefetch: int = 0) -> None:
+    def __init__(self, settings: Settings, *, burst: bool = False) -> None:
         self.settings = settings
         self.burst = burst
-        self.prefetch = prefetch
         self.store = JobStore.from_settings(settings)
         self.workers = WorkerRegistry(self.store.engine)
         self.registry: Registry = builtin_registry(settings.imports)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:6]}"
         self.mp = multiprocessing.get_context("forkserver")
         self.mp.set_forkserver_preload(["docqueue.dispatch.child"])
-        self.children: list[Child] = []
+        self.children: list[ChildHandle] = []
         self.buffer: deque[Task] = deque()
-        self.completions: list[Completion] = []
-        self.progress: list[tuple[UUID, int, float, str | None]] = []
+        self.pending = Pending()
         self.timers = Timers()
         self.stopping = False
+        #: Moving average of job run time, which decides whether to claim ahead and in chunks.
+        self.average_run = settings.short_job_seconds * 2
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -109,9 +107,8 @@ class Supervisor:
             return
         self.stopping = True
         self.timers.stop_by = now + self.settings.shutdown_grace
-        log.info(
-            "worker %s stopping; running jobs get %ss", self.worker_id, self.settings.shutdown_grace
-        )
+        grace = self.settings.shutdown_grace
+        log.info("worker %s stopping; running jobs get %ss", self.worker_id, grace)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the worker gracefully; a second one stops it at once."""
@@ -120,10 +117,9 @@ class Supervisor:
 
     def _step(self) -> bool:
         """One turn of the loop; False when the worker should exit."""
-        self._flush_progress()
-        self._exchange()
+        self._write()
         self._assign()
-        busy = [c for c in self.children if c.job is not None]
+        busy = [c for c in self.children if c.busy]
         if self.stopping and (not busy or time.monotonic() >= (self.timers.stop_by or 0)):
             return False
         if not self.stopping and self.burst and not busy and self._drained():
@@ -135,82 +131,68 @@ class Supervisor:
 
     def _drained(self) -> bool:
         """True when nothing is buffered and the store has no due job for this worker."""
-        if self.buffer or self.timers.last_claim_full:
+        if self.buffer or self.timers.last_claim_full or self.pending.completions:
             return False
         return not self.store.has_due(self.settings.queues)
 
     def _shutdown(self) -> None:
-        """Release what is not finished, stop the children, say goodbye in the store."""
+        """Give back what is not finished, stop the children, say goodbye in the store."""
         self.stopping = True
-        self._flush_progress()
-        self._exchange()
-        held = [(job.id, job.attempt) for job, _ in self.buffer]
-        held += [(c.job.id, c.job.attempt) for c in self.children if c.job is not None]
         for child in self.children:
-            if child.job is not None:
-                child.process.kill()
-        if held:
-            released = self.store.release(held)
-            log.info("released %d unfinished jobs back to the queue", released)
+            if child.busy:
+                child.kill()
+                self._give_back(child, include_running=True)
+        self.pending.release += [(job.id, job.attempt) for job, _ in self.buffer]
+        self.buffer.clear()
+        self._write()
         for child in self.children:
-            self._stop_child(child)
+            child.stop()
         self.workers.stop(self.worker_id)
         if self.listener is not None:
             self.listener.close()
         log.info("worker %s stopped", self.worker_id)
 
-    # -- children ----------------------------------------------------------------------------
-
-    def _spawn(self) -> Child:
+    def _spawn(self) -> ChildHandle:
         """Start a child process."""
-        parent_conn, child_conn = self.mp.Pipe()
-        cancel = self.mp.Event()
-        process = self.mp.Process(
-            target=child_main, args=(child_conn, cancel, self.settings), daemon=True
-        )
-        process.start()
-        child_conn.close()
-        return Child(process=process, conn=parent_conn, cancel=cancel)
+        return ChildHandle.spawn(self.mp, self.settings)
 
-    def _stop_child(self, child: Child) -> None:
-        """Ask a child to exit, and make sure it does."""
-        with suppress(OSError):
-            child.conn.send(None)
-        child.process.join(timeout=5)
-        if child.process.is_alive():
-            child.process.kill()
-            child.process.join()
-        child.conn.close()
+    def _replace(self, child: ChildHandle) -> None:
+        """Put a fresh child in the place of `child` (or drop it while stopping)."""
+        if self.stopping:
+            self.children.remove(child)
+        else:
+            self.children[self.children.index(child)] = self._spawn()
 
-    def _replace(self, child: Child) -> None:
-        """Put a fresh child in the place of `child`."""
-        self.children[self.children.index(child)] = self._spawn()
+    # -- claiming and writing ----------------------------------------------------------------
 
-    # -- claiming ----------------------------------------------------------------------------
-
-    def _exchange(self) -> None:
-        """Record finished jobs and claim the next ones in one transaction (group commit)."""
+    def _write(self) -> None:
+        """Write gathered progress, outcomes and releases, and claim more, in few transactions."""
+        if self.pending.progress:
+            self.store.report_progress(self.pending.progress)
+            self.pending.progress = []
+        if self.pending.release:
+            released = self.store.release(self.pending.release)
+            log.info("gave %d unstarted or unfinished jobs back to the queue", released)
+            self.pending.release = []
         want = 0 if self.stopping else self._want()
-        if not self.completions and want and not self._claim_due():
+        if want and not self.pending.completions and not self._claim_due():
             want = 0
-        if not self.completions and not want:
+        if not want and not self._flush_due():
             return
+        completions, self.pending.completions = self.pending.completions, []
         states, jobs = self.store.complete_and_claim(
-            self.completions,
+            completions,
             self.worker_id,
             self.settings.queues,
             want,
             lease_seconds=self.settings.lease_seconds,
             queue_limits=self.settings.queue_limits,
         )
-        for completion, state in zip(self.completions, states, strict=True):
+        for completion, state in zip(completions, states, strict=True):
             if state is None:
                 log.info(
-                    "job %s: attempt %s no longer held; outcome dropped",
-                    completion.job_id,
-                    completion.attempt,
+                    "job %s no longer held by this attempt; outcome dropped", completion.job_id
                 )
-        self.completions = []
         if want:
             self.timers.last_claim_full = len(jobs) == want
             self.timers.poll = time.monotonic() + self._idle_poll()
@@ -218,10 +200,21 @@ class Supervisor:
             inputs = self.store.inputs(with_files)
             self.buffer.extend((job, inputs.get(job.id, [])) for job in jobs)
 
+    def _short_jobs(self) -> bool:
+        """True while jobs take less than `short_job_seconds` on average."""
+        return self.average_run < self.settings.short_job_seconds
+
     def _want(self) -> int:
-        """How many jobs to claim: one per idle child, plus the prefetch, less what is buffered."""
-        idle = sum(1 for c in self.children if c.job is None)
-        return max(0, idle + self.prefetch - len(self.buffer))
+        """How many jobs to claim: one per idle child, plus the prefetch, less what is buffered.
+
+        Claiming ahead amortises one transaction over many jobs, which only matters for short
+        jobs; for long ones it would hold a job back that another worker could start now.
+        """
+        idle = sum(1 for c in self.children if not c.busy)
+        prefetch = self.settings.prefetch if self._short_jobs() else 0
+        if len(self.buffer) >= idle and len(self.buffer) > prefetch // 2:
+            return 0  # enough in hand: refill in one batch when half of it is used
+        return max(0, idle + prefetch - len(self.buffer))
 
     def _claim_due(self) -> bool:
         """True when a claim may find work: right after a full claim, or a due poll that finds some."""
@@ -232,6 +225,16 @@ class Supervisor:
             return False
         self.timers.poll = now + self._idle_poll()
         return self.store.has_due(self.settings.queues)
+
+    def _flush_due(self) -> bool:
+        """True when gathered outcomes should be written now rather than with the next claim."""
+        if not self.pending.completions:
+            return False
+        if self.stopping or not any(c.busy for c in self.children):
+            return True
+        if not self.buffer and any(not c.busy for c in self.children):
+            return True  # nothing left to hand out: the next claim is not coming soon
+        return time.monotonic() >= self.timers.flush_by
 
     def _takes_file(self, operation: str) -> bool:
         """True when the operation's processor reads input files."""
@@ -245,17 +248,17 @@ class Supervisor:
         return self.settings.poll_interval
 
     def _assign(self) -> None:
-        """Hand buffered jobs to idle children."""
-        for child in self.children:
+        """Hand buffered jobs to idle children: one each, or chunks of short jobs."""
+        idle = [c for c in self.children if not c.busy]
+        for child in idle:
             if not self.buffer:
                 return
-            if child.job is None:
-                job, inputs = self.buffer.popleft()
-                child.cancel.clear()
-                child.job = job
-                child.deadline = time.monotonic() + self._timeout(job)
-                child.kill_at = None
-                child.conn.send((job, inputs))
+            size = 1
+            if self._short_jobs():
+                size = max(1, min(MAX_CHUNK, len(self.buffer) // len(idle)))
+            if self.settings.max_jobs_per_child:
+                size = min(size, max(1, self.settings.max_jobs_per_child - child.jobs_run))
+            child.assign([self.buffer.popleft() for _ in range(min(size, len(self.buffer)))])
 
     def _timeout(self, job: Job) -> float:
         """The job's own timeout, else its processor's, else the setting."""
@@ -264,20 +267,12 @@ class Supervisor:
 
     # -- waiting and results -----------------------------------------------------------------
 
-    def _wait(self, busy: list[Child]) -> None:
+    def _wait(self, busy: list[ChildHandle]) -> None:
         """Sleep until a child reports, a child dies, a job is queued, or a timer is due."""
-        now = time.monotonic()
-        wake = [self.timers.heartbeat, self.timers.reap]
-        wake += [c.deadline for c in busy] + [c.kill_at for c in busy if c.kill_at is not None]
-        if self.stopping:
-            wake.append(self.timers.stop_by or now)
-        elif any(c.job is None for c in self.children):
-            wake.append(self.timers.poll)
-        timeout = max(0.0, min(wake) - now)
         objects: list[Any] = [c.conn for c in busy] + [c.process.sentinel for c in self.children]
         if self.listener is not None and not self.stopping:
             objects.append(self.listener)
-        for ready in wait(objects, timeout):
+        for ready in wait(objects, self._sleep(busy)):
             if isinstance(ready, Listener):
                 if ready.drain() & set(self.settings.queues):
                     self.timers.poll = 0.0
@@ -288,79 +283,101 @@ class Supervisor:
                 elif ready == child.process.sentinel:
                     self._buried(child)
 
-    def _receive(self, child: Child) -> None:
+    def _sleep(self, busy: list[ChildHandle]) -> float:
+        """Seconds until the next timer that needs the loop (at most half a second)."""
+        now = time.monotonic()
+        wake = [self.timers.heartbeat, self.timers.reap, now + 0.5]
+        if self.pending.completions:
+            wake.append(self.timers.flush_by)
+        wake += [c.kill_at for c in busy if c.kill_at is not None]
+        if self.stopping:
+            wake.append(self.timers.stop_by or now)
+        elif any(not c.busy for c in self.children):
+            wake.append(self.timers.poll)
+        return max(0.0, min(wake) - now)
+
+    def _receive(self, child: ChildHandle) -> None:
         """Take every message a child has sent."""
-        while child.conn.poll():
+        while child.busy and child.conn.poll():
             try:
                 message = child.conn.recv()
             except (EOFError, OSError):
                 return  # the child died; its sentinel tells the rest
             if message[0] == "progress":
-                self.progress.append(message[1:])
-            elif message[0] == "done":
-                _, job_id, attempt, outcome = message
-                self.completions.append(Completion(job_id, attempt, outcome))
-                child.job = None
-                child.jobs_run += 1
-                limit = self.settings.max_jobs_per_child
-                if limit and child.jobs_run >= limit and not self.stopping:
-                    self._stop_child(child)
-                    self._replace(child)
-                return
+                self.pending.progress.append(message[1:])
+            else:
+                self._finished(child, message[1])
 
-    def _buried(self, child: Child) -> None:
-        """A child exited on its own: its job (if any) failed this attempt; replace the child."""
+    def _finished(self, child: ChildHandle, outcomes: list[tuple[UUID, int, Outcome]]) -> None:
+        """A child ran its chunk: queue the outcomes for the next commit."""
+        if not self.pending.completions:
+            self.timers.flush_by = time.monotonic() + GROUP_COMMIT_WINDOW
+        self.pending.completions += [Completion(*outcome) for outcome in outcomes]
+        took = (time.monotonic() - child.assigned_at) / len(outcomes)
+        self.average_run = 0.8 * self.average_run + 0.2 * took
+        child.tasks = []
+        child.jobs_run += len(outcomes)
+        limit = self.settings.max_jobs_per_child
+        if limit and child.jobs_run >= limit and not self.stopping:
+            child.stop()
+            self._replace(child)
+
+    def _buried(self, child: ChildHandle) -> None:
+        """A child exited on its own: its running job failed this attempt; replace the child."""
         if child not in self.children or child.process.is_alive():
             return
         self._receive(child)  # it may have reported before dying
         child.process.join()
         code = child.process.exitcode or 0
-        if child.job is not None:
+        running = child.current()
+        if running is not None:
             how = (
                 f"signal {-code} ({signal.Signals(-code).name})"
                 if code < 0
                 else f"exit code {code}"
             )
-            log.warning("child %s running job %s died: %s", child.process.pid, child.job.id, how)
-            self._fail(child, "WorkerDied", f"worker process died: {how}")
-        child.conn.close()
-        if not self.stopping:
-            self._replace(child)
-        else:
-            self.children.remove(child)
+            log.warning("child %s running job %s died: %s", child.process.pid, running.id, how)
+            self._fail(running, "WorkerDied", f"worker process died: {how}")
+        self._give_back(child, include_running=False)
+        child.kill()
+        self._replace(child)
 
-    def _fail(self, child: Child, kind: str, message: str) -> None:
-        """Record a failed attempt for the child's job."""
-        assert child.job is not None
-        error = ErrorInfo(kind, message)
-        self.completions.append(Completion(child.job.id, child.job.attempt, Failed(error)))
-        child.job = None
+    def _give_back(self, child: ChildHandle, *, include_running: bool) -> None:
+        """Queue a child's unreported jobs to be released (not counted as attempts)."""
+        for job, running in child.held():
+            if include_running or not running:
+                self.pending.release.append((job.id, job.attempt))
+        child.tasks = []
+
+    def _fail(self, job: Job, kind: str, message: str) -> None:
+        """Record a failed attempt, to be written at once."""
+        self.pending.completions.append(
+            Completion(job.id, job.attempt, Failed(ErrorInfo(kind, message)))
+        )
+        self.timers.flush_by = 0.0
 
     def _enforce_deadlines(self) -> None:
         """Kill children past their job's timeout, or past the grace after a cancellation."""
         now = time.monotonic()
         for child in list(self.children):
-            if child.job is None:
+            running = child.current()
+            if running is None:
                 continue
+            _, started = child.position()
+            timeout = self._timeout(running)
             if child.kill_at is not None and now >= child.kill_at:
-                child.job = None  # cancelled or lost: nothing to record
-            elif now >= child.deadline:
-                seconds = self._timeout(child.job)
+                log.info(
+                    "job %s did not stop within %ss of its cancellation", running.id, CANCEL_GRACE
+                )
+            elif time.time() - started >= timeout:
                 self._fail(
-                    child, "JobTimeout", f"job ran past its {seconds:g}s timeout and was killed"
+                    running, "JobTimeout", f"job ran past its {timeout:g}s timeout and was killed"
                 )
             else:
                 continue
-            child.process.kill()
-            child.process.join()
-            child.conn.close()
+            child.kill()
+            self._give_back(child, include_running=False)
             self._replace(child)
-
-    def _flush_progress(self) -> None:
-        """Write the progress reports gathered since the last flush, in one transaction."""
-        if self.progress:
-            self.store.report_progress(self.progress)
-            self.progress = []
 
     # -- periodic duties ---------------------------------------------------------------------
 
@@ -381,19 +398,18 @@ class Supervisor:
             self.store.prune(timedelta(days=self.settings.retention_days))
 
     def _heartbeat(self) -> None:
-        """Renew leases; cancel the children whose jobs were cancelled or taken back."""
+        """Renew leases; stop the children whose running job was cancelled or taken back."""
         self.workers.beat(self.worker_id)
-        busy = {c.job.id: c for c in self.children if c.job is not None}
-        held = [(c.job.id, c.job.attempt) for c in busy.values() if c.job is not None]
-        held += [(job.id, job.attempt) for job, _ in self.buffer]
-        lost = set(
-            self.store.heartbeat(self.worker_id, held, lease_seconds=self.settings.lease_seconds)
-        )
+        held = [(job.id, job.attempt) for job, _ in self.buffer]
+        held += [(job.id, job.attempt) for c in self.children for job, _ in c.held()]
+        lease = self.settings.lease_seconds
+        lost = set(self.store.heartbeat(self.worker_id, held, lease_seconds=lease))
         if not lost:
             return
         self.buffer = deque(task for task in self.buffer if task[0].id not in lost)
-        for job_id in lost & busy.keys():
-            child = busy[job_id]
-            log.info("job %s was cancelled or taken back; stopping it", job_id)
-            child.cancel.set()
-            child.kill_at = time.monotonic() + CANCEL_GRACE
+        for child in self.children:
+            running = child.current()
+            if running is not None and running.id in lost and child.kill_at is None:
+                log.info("job %s was cancelled or taken back; stopping it", running.id)
+                child.cancel.set()
+                child.kill_at = time.monotonic() + CANCEL_GRACE

@@ -7,7 +7,19 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
@@ -28,13 +40,43 @@ from docqueue.models import (
 )
 from docqueue.settings import Settings
 from docqueue.store.engine import NOTIFY_CHANNEL, make_engine, write_transaction
-from docqueue.store.reader import JobReader
+from docqueue.store.reader import WAITING, JobReader
 from docqueue.store.rows import job_from_row
 from docqueue.store.tables import artifacts, job_events, jobs
 
 QUEUED, SCHEDULED, RUNNING = JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.RUNNING.value
 FINISHED = [state.value for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)]
 Held = tuple[UUID, int]
+
+
+#: Success of one held attempt, run as an executemany over a batch of completions.
+SUCCEED = (
+    update(jobs)
+    .where(
+        jobs.c.id == bindparam("b_id"),
+        jobs.c.attempt == bindparam("b_attempt"),
+        jobs.c.status == RUNNING,
+    )
+    .values(
+        status=JobState.SUCCEEDED.value,
+        result=bindparam("b_result"),
+        progress=1.0,
+        lease_expires_at=None,
+        finished_at=bindparam("b_now"),
+    )
+)
+
+
+def _result(completion: Completion) -> JSON:
+    """The result of a successful completion."""
+    assert isinstance(completion.outcome, Succeeded)
+    return completion.outcome.result
+
+
+def _artifacts(completion: Completion) -> tuple[Artifact, ...]:
+    """The output artifacts of a successful completion."""
+    assert isinstance(completion.outcome, Succeeded)
+    return completion.outcome.artifacts
 
 
 class JobStore(JobReader):
@@ -148,7 +190,7 @@ class JobStore(JobReader):
             return
         waiting = (
             select(jobs.c.id)
-            .where(jobs.c.queue == queue, jobs.c.status == QUEUED)
+            .where(jobs.c.queue == queue, jobs.c.status.in_(WAITING))
             .limit(self.max_queued)
             .subquery()
         )
@@ -192,10 +234,9 @@ class JobStore(JobReader):
         """Record outcomes and lease the next jobs in one transaction (one commit, not two)."""
         now = now or utcnow()
         with write_transaction(self.engine) as conn:
-            states = [self._complete_one(conn, c, now) for c in completions]
+            states = self._complete_all(conn, completions, now)
             if limit <= 0:
                 return states, []
-            self._promote(conn, now)
             candidates: list[Any] = []
             for queue in queues:
                 room = self._room(conn, queue, limit, (queue_limits or {}).get(queue))
@@ -211,7 +252,6 @@ class JobStore(JobReader):
         """Lease one given job if it is claimable (dispatchers that deliver ids use this)."""
         now = now or utcnow()
         with write_transaction(self.engine) as conn:
-            self._promote(conn, now)
             leased = self._lease(conn, [job_id], worker_id, lease_seconds, now)
         return leased[0] if leased else None
 
@@ -219,7 +259,7 @@ class JobStore(JobReader):
         """The first `room` claimable jobs of `queue`, read from ix_jobs_claim."""
         query = (
             select(jobs.c.id, jobs.c.priority, jobs.c.run_at)
-            .where(jobs.c.status == QUEUED, jobs.c.queue == queue, jobs.c.run_at <= now)
+            .where(jobs.c.status.in_(WAITING), jobs.c.queue == queue, jobs.c.run_at <= now)
             .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
             .limit(room)
         )
@@ -245,7 +285,7 @@ class JobStore(JobReader):
             return []
         rows = conn.execute(
             update(jobs)
-            .where(jobs.c.id.in_(ids), jobs.c.status == QUEUED)
+            .where(jobs.c.id.in_(ids), jobs.c.status.in_(WAITING), jobs.c.run_at <= now)
             .values(
                 status=RUNNING,
                 attempt=jobs.c.attempt + 1,
@@ -264,14 +304,6 @@ class JobStore(JobReader):
             now,
         )
         return leased
-
-    def _promote(self, conn: Connection, now: datetime) -> None:
-        """Scheduled jobs whose time has come become queued (a no-op read when none is due)."""
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.status == SCHEDULED, jobs.c.run_at <= now)
-            .values(status=QUEUED)
-        )
 
     # -- running jobs ------------------------------------------------------------------------
 
@@ -327,7 +359,50 @@ class JobStore(JobReader):
         """Record outcomes in one transaction; None where the attempt no longer holds its job."""
         now = now or utcnow()
         with write_transaction(self.engine) as conn:
-            return [self._complete_one(conn, c, now) for c in completions]
+            return self._complete_all(conn, completions, now)
+
+    def _complete_all(
+        self, conn: Connection, completions: Sequence[Completion], now: datetime
+    ) -> list[JobState | None]:
+        """Successes in three statements for the whole batch; other outcomes one by one."""
+        done: dict[Held, JobState | None] = {}
+        wins = [c for c in completions if isinstance(c.outcome, Succeeded)]
+        if wins:
+            held = self._still_held(conn, [(c.job_id, c.attempt) for c in wins])
+            ours = [c for c in wins if (c.job_id, c.attempt) in held]
+            self._succeed(conn, ours, now)
+            done.update({(c.job_id, c.attempt): None for c in wins})
+            done.update({(c.job_id, c.attempt): JobState.SUCCEEDED for c in ours})
+        for c in completions:
+            if not isinstance(c.outcome, Succeeded):
+                done[(c.job_id, c.attempt)] = self._complete_one(conn, c, now)
+        return [done[(c.job_id, c.attempt)] for c in completions]
+
+    def _still_held(self, conn: Connection, pairs: Sequence[Held]) -> set[Held]:
+        """Which (job, attempt) pairs still run; on PostgreSQL their rows stay locked until commit."""
+        query = select(jobs.c.id, jobs.c.attempt).where(
+            jobs.c.id.in_([job_id for job_id, _ in pairs]), jobs.c.status == RUNNING
+        )
+        if self.is_postgres:
+            query = query.with_for_update()
+        running = {(row.id, row.attempt) for row in conn.execute(query)}
+        return {pair for pair in pairs if pair in running}
+
+    def _succeed(self, conn: Connection, wins: Sequence[Completion], now: datetime) -> None:
+        """Mark held jobs succeeded with one executemany, then their artifacts and events."""
+        if not wins:
+            return
+        conn.execute(
+            SUCCEED,
+            [
+                {"b_id": c.job_id, "b_attempt": c.attempt, "b_result": _result(c), "b_now": now}
+                for c in wins
+            ],
+        )
+        for c in wins:
+            self._record_artifacts(conn, c.job_id, _artifacts(c), now)
+        entries = [(c.job_id, JobState.SUCCEEDED.value, {"attempt": c.attempt}) for c in wins]
+        self._events(conn, entries, now)
 
     def _running(self, job_id: UUID, attempt: int) -> Any:
         """An UPDATE that only touches the job while `attempt` still runs it (the fence)."""

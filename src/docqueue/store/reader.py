@@ -17,6 +17,9 @@ from docqueue.store.engine import read_transaction
 from docqueue.store.rows import artifact_from_row, event_from_row, job_from_row
 from docqueue.store.tables import artifacts, job_events, jobs
 
+#: The states of jobs that wait to be claimed (scheduled ones once their time has come).
+WAITING = [JobState.QUEUED.value, JobState.SCHEDULED.value]
+
 
 @dataclass(frozen=True)
 class JobPage:
@@ -70,10 +73,10 @@ class JobReader:
         return JobPage(items, _encode_cursor(items[-1].id) if more and items else None)
 
     def pending(self, queues: Sequence[str], limit: int) -> list[Job]:
-        """The next queued jobs of `queues` in the order a claim would take them."""
+        """The next due jobs of `queues` in the order a claim would take them."""
         query = (
             select(jobs)
-            .where(jobs.c.status == JobState.QUEUED.value, jobs.c.queue.in_(queues))
+            .where(jobs.c.status.in_(WAITING), jobs.c.queue.in_(queues), jobs.c.run_at <= utcnow())
             .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
             .limit(limit)
         )
@@ -119,15 +122,11 @@ class JobReader:
 
     def has_due(self, queues: Sequence[str], *, now: datetime | None = None) -> bool:
         """True when a claim on `queues` would find work: a cheap read that takes no write lock."""
-        now = now or utcnow()
-        queued = select(jobs.c.id).where(
-            jobs.c.status == JobState.QUEUED.value, jobs.c.queue.in_(queues), jobs.c.run_at <= now
-        )
-        due = select(jobs.c.id).where(
-            jobs.c.status == JobState.SCHEDULED.value, jobs.c.run_at <= now
+        query = select(jobs.c.id).where(
+            jobs.c.status.in_(WAITING), jobs.c.queue.in_(queues), jobs.c.run_at <= (now or utcnow())
         )
         with read_transaction(self.engine) as conn:
-            return any(conn.execute(q.limit(1)).first() is not None for q in (queued, due))
+            return conn.execute(query.limit(1)).first() is not None
 
     def is_referenced(self, sha256: str) -> bool:
         """True while some stored job still names the bytes `sha256`."""
@@ -137,7 +136,7 @@ class JobReader:
 
     def position(self, job: Job) -> int | None:
         """How many queued jobs of the same queue will be claimed before `job` (None if not queued)."""
-        if job.status != JobState.QUEUED:
+        if job.status.value not in WAITING:
             return None
         ahead = or_(
             jobs.c.priority > job.priority,
@@ -145,7 +144,7 @@ class JobReader:
             and_(jobs.c.priority == job.priority, jobs.c.run_at == job.run_at, jobs.c.id < job.id),
         )
         query = select(func.count()).where(
-            jobs.c.status == JobState.QUEUED.value, jobs.c.queue == job.queue, ahead
+            jobs.c.status.in_(WAITING), jobs.c.queue == job.queue, jobs.c.run_at <= utcnow(), ahead
         )
         with read_transaction(self.engine) as conn:
             return int(conn.execute(query).scalar_one())

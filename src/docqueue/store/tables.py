@@ -99,9 +99,8 @@ Index(
     jobs.c.priority.desc(),
     jobs.c.run_at,
     jobs.c.id,
-    **_where("status = 'queued'"),
+    **_where("status IN ('queued', 'scheduled')"),
 )
-Index("ix_jobs_scheduled", jobs.c.run_at, **_where("status = 'scheduled'"))
 Index("ix_jobs_running", jobs.c.lease_expires_at, **_where("status = 'running'"))
 Index("ix_jobs_running_queue", jobs.c.queue, **_where("status = 'running'"))
 Index(

@@ -51,8 +51,8 @@ def upgrade() -> None:
             "ix_jobs_claim",
             ["queue", sa.literal_column("priority DESC"), "run_at", "id"],
             unique=False,
-            sqlite_where=sa.text("status = 'queued'"),
-            postgresql_where=sa.text("status = 'queued'"),
+            sqlite_where=sa.text("status IN ('queued', 'scheduled')"),
+            postgresql_where=sa.text("status IN ('queued', 'scheduled')"),
         )
         batch_op.create_index(
             "ix_jobs_finished",
@@ -74,13 +74,6 @@ def upgrade() -> None:
             unique=False,
             sqlite_where=sa.text("status = 'running'"),
             postgresql_where=sa.text("status = 'running'"),
-        )
-        batch_op.create_index(
-            "ix_jobs_scheduled",
-            ["run_at"],
-            unique=False,
-            sqlite_where=sa.text("status = 'scheduled'"),
-            postgresql_where=sa.text("status = 'scheduled'"),
         )
         batch_op.create_index("ix_jobs_status_queue", ["status", "queue", "id"], unique=False)
         batch_op.create_index(
@@ -177,11 +170,6 @@ def downgrade() -> None:
         )
         batch_op.drop_index("ix_jobs_status_queue")
         batch_op.drop_index(
-            "ix_jobs_scheduled",
-            sqlite_where=sa.text("status = 'scheduled'"),
-            postgresql_where=sa.text("status = 'scheduled'"),
-        )
-        batch_op.drop_index(
             "ix_jobs_running_queue",
             sqlite_where=sa.text("status = 'running'"),
             postgresql_where=sa.text("status = 'running'"),
@@ -198,8 +186,8 @@ def downgrade() -> None:
         )
         batch_op.drop_index(
             "ix_jobs_claim",
-            sqlite_where=sa.text("status = 'queued'"),
-            postgresql_where=sa.text("status = 'queued'"),
+            sqlite_where=sa.text("status IN ('queued', 'scheduled')"),
+            postgresql_where=sa.text("status IN ('queued', 'scheduled')"),
         )
         batch_op.drop_index("ix_jobs_batch_id")
 

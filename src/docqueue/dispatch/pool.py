@@ -1,0 +1,96 @@
+"""One child process as its supervisor sees it: the chunk of jobs it holds and which one runs."""
+
+from __future__ import annotations
+
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import SynchronizedArray
+from multiprocessing.synchronize import Event
+
+from docqueue.dispatch.child import Task, child_main
+from docqueue.models import Job
+from docqueue.settings import Settings
+
+
+@dataclass
+class ChildHandle:
+    """A child process, its pipe, and the jobs handed to it that it has not reported yet."""
+
+    process: BaseProcess
+    conn: Connection
+    cancel: Event
+    #: [index of the running job in `tasks`, wall time it started], written by the child.
+    slot: SynchronizedArray[float]
+    tasks: list[Task] = field(default_factory=list)
+    assigned_at: float = 0.0
+    kill_at: float | None = None
+    jobs_run: int = 0
+
+    @classmethod
+    def spawn(cls, mp: ForkServerContext, settings: Settings) -> ChildHandle:
+        """Start a child process."""
+        parent_conn, child_conn = mp.Pipe()
+        cancel = mp.Event()
+        slot = mp.Array("d", [0.0, 0.0])
+        process = mp.Process(
+            target=child_main, args=(child_conn, cancel, slot, settings), daemon=True
+        )
+        process.start()
+        child_conn.close()
+        return cls(process=process, conn=parent_conn, cancel=cancel, slot=slot)
+
+    @property
+    def busy(self) -> bool:
+        """True while it holds jobs."""
+        return bool(self.tasks)
+
+    def assign(self, tasks: list[Task]) -> None:
+        """Hand it a chunk of jobs to run one after the other."""
+        with self.slot.get_lock():
+            self.slot[0], self.slot[1] = 0, time.time()
+        self.cancel.clear()
+        self.tasks = tasks
+        self.assigned_at = time.monotonic()
+        self.kill_at = None
+        self.conn.send(tasks)
+
+    def position(self) -> tuple[int, float]:
+        """Index of the running job and the wall time it started."""
+        with self.slot.get_lock():
+            index, started = int(self.slot[0]), self.slot[1]
+        return min(index, len(self.tasks) - 1), started
+
+    def split(self) -> tuple[list[Job], Job | None, list[Job]]:
+        """The jobs it ran (unreported), the one it runs, and the ones it has not started."""
+        if not self.tasks:
+            return [], None, []
+        index, _ = self.position()
+        jobs = [job for job, _ in self.tasks]
+        return jobs[:index], jobs[index], jobs[index + 1 :]
+
+    def current(self) -> Job | None:
+        """The job it runs now."""
+        return self.split()[1]
+
+    def held(self) -> list[tuple[Job, bool]]:
+        """Every job it holds, each with whether it is the one running."""
+        before, running, after = self.split()
+        return [(job, job is running) for job in (*before, *([running] if running else []), *after)]
+
+    def stop(self) -> None:
+        """Ask it to exit, and make sure it does."""
+        with suppress(OSError):
+            self.conn.send(None)
+        self.process.join(timeout=5)
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL it (if alive) and reap it."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
