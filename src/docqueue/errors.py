@@ -19,6 +19,10 @@ class InvalidJob(InputError):
     """A submission refused whole at enqueue: unknown operation, bad params, unserialisable data."""
 
 
+class UnsupportedMediaType(InvalidJob):
+    """The input file is of a type the operation does not read (told by its bytes, not its name)."""
+
+
 class NotFound(DocqueueError):
     """The job, artifact or template asked for does not exist (or was pruned)."""
 

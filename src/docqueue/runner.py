@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import threading
 import traceback
@@ -55,14 +56,15 @@ class Runner:
         try:
             processor = self.registry.get(job.operation)
             with ExitStack() as stack:
-                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self.scratch)))
+                scratch = Scratch(self.scratch)
+                stack.callback(scratch.remove)
                 ctx = Context(
                     job_id=job.id,
                     attempt=job.attempt,
                     operation=job.operation,
                     params=job.params,
                     resources=self.resources,
-                    workdir=workdir,
+                    scratch=scratch.make,
                     inputs=[stack.enter_context(self._local(a)) for a in inputs],
                     outputs=StorageOutputWriter(self.storage, job.id),
                     log=logger,
@@ -87,6 +89,24 @@ class Runner:
         """An input artifact as a local file for the length of the attempt."""
         with self.storage.local_path(artifact.sha256) as path:
             yield InputFile(str(path), artifact.name, artifact.media_type, artifact.sha256)
+
+
+class Scratch:
+    """A temporary folder made only when a processor first asks for it."""
+
+    def __init__(self, parent: Path | None) -> None:
+        self.parent = parent
+        self.path: Path | None = None
+
+    def make(self) -> Path:
+        """Make the folder."""
+        self.path = Path(tempfile.mkdtemp(prefix="docqueue-job-", dir=self.parent))
+        return self.path
+
+    def remove(self) -> None:
+        """Remove the folder, if it was made."""
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _checked_result(operation: str, result: object) -> dict[str, object]:

@@ -79,9 +79,37 @@ class DocumentQueueService:
         name: str | None = None,
     ) -> Job:
         """Queue `operation` on `document` (a path, bytes, or None for operations without a file)."""
+        self.registry.validate(operation, params or {})
+        inputs = () if document is None else (self.store_document(document, name),)
+        job, _created = self.submit(
+            operation,
+            params,
+            priority,
+            inputs=inputs,
+            queue=queue,
+            run_at=run_at,
+            delay=delay,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+        )
+        return job
+
+    def submit(
+        self,
+        operation: str,
+        params: JSON | None = None,
+        priority: int | str = Priority.NORMAL,
+        *,
+        inputs: tuple[Artifact, ...] = (),
+        queue: str | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> tuple[Job, bool]:
+        """Queue `operation` on input files already in storage; False when the key named a job."""
         processor = self.registry.get(operation)
         clean = self.registry.validate(operation, params or {})
-        inputs = () if document is None else (self.store_document(document, name),)
         if delay is not None:
             run_at = utcnow() + timedelta(seconds=delay)
         new = NewJob(
@@ -94,8 +122,7 @@ class DocumentQueueService:
             idempotency_key=idempotency_key,
             input_artifacts=inputs,
         )
-        job, _created = self.store.enqueue(new)
-        return job
+        return self.store.enqueue(new)
 
     def store_document(
         self, document: str | os.PathLike[str] | bytes, name: str | None

@@ -81,7 +81,7 @@ def test_enqueue_a_document_stores_it_once(service: DocumentQueueService, tmp_pa
 @pytest.mark.parametrize(
     ("operation", "params", "message"),
     [
-        ("no-such-op", {}, "unknown operation 'no-such-op'; known operations: noop"),
+        ("no-such-op", {}, "unknown operation 'no-such-op'; known operations: ingest, noop"),
         ("noop", {"sleep_ms": "soon"}, "invalid params for 'noop': sleep_ms"),
         ("noop", {"surprise": 1}, "invalid params for 'noop': surprise: Extra inputs"),
         ("noop", {"echo": float("nan")}, "cannot be stored as JSON"),

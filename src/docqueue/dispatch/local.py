@@ -48,6 +48,8 @@ class Timers:
     flush_by: float = 0.0
     stop_by: float | None = None
     last_claim_full: bool = False
+    #: PostgreSQL said a job was queued: claim without asking the store first.
+    notified: bool = False
 
 
 @dataclass
@@ -218,7 +220,8 @@ class Supervisor:
 
     def _claim_due(self) -> bool:
         """True when a claim may find work: right after a full claim, or a due poll that finds some."""
-        if self.timers.last_claim_full:
+        if self.timers.last_claim_full or self.timers.notified:
+            self.timers.notified = False
             return True
         now = time.monotonic()
         if now < self.timers.poll:
@@ -275,7 +278,7 @@ class Supervisor:
         for ready in wait(objects, self._sleep(busy)):
             if isinstance(ready, Listener):
                 if ready.drain() & set(self.settings.queues):
-                    self.timers.poll = 0.0
+                    self.timers.notified = True
                 continue
             for child in list(self.children):
                 if ready is child.conn:

@@ -45,7 +45,9 @@ class Context:
     operation: str
     params: JSON
     resources: ResourceLookup
-    workdir: Path
+    #: The attempt's scratch folder, or a function that makes it on first use (most jobs never
+    #: need one, and making and removing a folder costs more than a short job).
+    scratch: Path | Callable[[], Path]
     inputs: list[InputFile] = field(default_factory=list)
     outputs: OutputWriter | None = None
     report_progress: Callable[[float, str | None], None] = _no_progress
@@ -54,6 +56,13 @@ class Context:
         default_factory=lambda: logging.LoggerAdapter(logging.getLogger("docqueue.job"))
     )
     written: list[Artifact] = field(default_factory=list)
+
+    @property
+    def workdir(self) -> Path:
+        """A folder of this attempt's own for temporary files, removed after the attempt."""
+        if not isinstance(self.scratch, Path):
+            self.scratch = self.scratch()
+        return self.scratch
 
     @property
     def input(self) -> InputFile:

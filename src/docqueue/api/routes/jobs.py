@@ -1,0 +1,170 @@
+"""`/v1/jobs`: submit, read, list, wait for, cancel, retry and delete jobs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+
+from docqueue.api.deps import JobId, MetricsDep, ServiceDep, SettingsDep, StorageDep, StoreDep, Wait
+from docqueue.api.problems import NOT_FINISHED, ProblemError, problem_responses
+from docqueue.api.schemas import JobOut, JobPageOut, JobSubmission, ResultOut, job_path
+from docqueue.api.submission import SubmissionDep, accept
+from docqueue.api.views import job_out, wait_until_finished
+from docqueue.models import Job, JobState
+from docqueue.store import JobStore
+
+log = logging.getLogger("docqueue.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+#: The problems each kind of endpoint may answer with, for the OpenAPI document.
+READ_PROBLEMS = problem_responses(404, 422)
+ACTION_PROBLEMS = problem_responses(404, 409, 422)
+
+#: The request body of a submission, described by hand because the endpoint reads either form.
+SUBMIT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": JobSubmission.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["operation"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "operation": {"type": "string"},
+                        "params": {"type": "string", "description": "a JSON object, as text"},
+                        "priority": {"type": "string", "description": "high, normal, low, 0-9"},
+                        "queue": {"type": "string"},
+                        "delay": {"type": "number"},
+                        "run_at": {"type": "string", "format": "date-time"},
+                        "max_attempts": {"type": "integer"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(
+        404, 413, 415, 422, 429, ok={"model": JobOut, "description": "Finished within `wait`."}
+    ),
+    openapi_extra=SUBMIT_BODY,
+)
+def submit_job(
+    submission: SubmissionDep,
+    request: Request,
+    response: Response,
+    service: ServiceDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    wait: Wait = 0,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="The same key gives the same job, stored once."),
+    ] = None,
+) -> JobOut:
+    """Submit a job (JSON, or multipart with the file in `file`); 202 with its id at once."""
+    job, created = accept(service, submission, idempotency_key, settings.max_upload_bytes)
+    request.state.job_id = str(job.id)
+    if created:
+        metrics.submitted.labels(job.operation).inc()
+        log.info("accepted %s job in queue %s", job.operation, job.queue, extra=_tag(job))
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    job = _waited(service.store, job, wait, settings.max_wait_seconds)
+    response.headers["Location"] = job_path(job.id)
+    response.status_code = status.HTTP_200_OK if job.status.finished else status.HTTP_202_ACCEPTED
+    return job_out(service.store, job)
+
+
+@router.get("", responses=problem_responses(422))
+def list_jobs(
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    status_: Annotated[JobState | None, Query(alias="status")] = None,
+    operation: str | None = None,
+    queue: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> JobPageOut:
+    """Jobs newest first, filtered; follow `next_cursor` (also the `Link` header) for more."""
+    page = store.list_jobs(
+        status=status_, operation=operation, queue=queue, limit=limit, cursor=cursor
+    )
+    if page.next_cursor:
+        following = request.url.include_query_params(cursor=page.next_cursor)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return JobPageOut(items=[JobOut.of(job) for job in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", responses=READ_PROBLEMS)
+def get_job(job_id: JobId, store: StoreDep, settings: SettingsDep, wait: Wait = 0) -> JobOut:
+    """One job; with `wait`, answer once it is finished or `wait` seconds have passed."""
+    job = _waited(store, store.get(job_id), wait, settings.max_wait_seconds)
+    return job_out(store, job)
+
+
+@router.get("/{job_id}/result", responses=ACTION_PROBLEMS)
+def get_result(job_id: JobId, store: StoreDep) -> ResultOut:
+    """The outcome of a finished job; 409 while it is not finished."""
+    job = store.get(job_id)
+    if not job.status.finished:
+        raise ProblemError(
+            NOT_FINISHED,
+            f"job {job_id} is {job.status}; its result exists once it has finished "
+            f"(wait with GET {job_path(job_id)}?wait=30)",
+            job_status=job.status.value,
+        )
+    return ResultOut(
+        job_id=job.id,
+        status=job.status,
+        result=job.result,
+        error=JobOut.of(job).error,
+        finished_at=job.finished_at,
+    )
+
+
+@router.post("/{job_id}/cancel", responses=ACTION_PROBLEMS)
+def cancel_job(job_id: JobId, store: StoreDep) -> JobOut:
+    """Cancel a waiting or running job (a running one stops at its worker's next heartbeat)."""
+    job = store.cancel(job_id)
+    log.info("cancelled on request", extra=_tag(job))
+    return job_out(store, job)
+
+
+@router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, responses=ACTION_PROBLEMS)
+def retry_job(job_id: JobId, store: StoreDep, response: Response) -> JobOut:
+    """Queue a failed or cancelled job again, with a fresh set of attempts."""
+    job = store.retry(job_id)
+    log.info("queued again on request", extra=_tag(job))
+    response.headers["Location"] = job_path(job.id)
+    return job_out(store, job)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ACTION_PROBLEMS)
+def delete_job(job_id: JobId, store: StoreDep, storage: StorageDep) -> Response:
+    """Delete a finished job, its timeline and the bytes of its files no other job names."""
+    removed = store.delete(job_id)
+    for sha256 in {artifact.sha256 for artifact in removed}:
+        if not store.is_referenced(sha256):
+            storage.delete(sha256)
+    log.info("deleted with %d artifacts", len(removed), extra={"job_id": str(job_id)})
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _waited(store: JobStore, job: Job, wait: float, longest: float) -> Job:
+    """The job after a long-poll of at most `longest` seconds, or as it is."""
+    return wait_until_finished(store, job, min(wait, longest)) if wait > 0 else job
+
+
+def _tag(job: Job) -> dict[str, str]:
+    """Logging extra that ties a line to its job."""
+    return {"job_id": str(job.id)}

@@ -1,0 +1,246 @@
+"""Reading a job submission (a JSON body or a multipart form with a file) and storing its input."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import unicodedata
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from typing import IO, Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from docqueue.api.problems import TOO_LARGE, UNSUPPORTED, ProblemError
+from docqueue.api.schemas import JobSubmission
+from docqueue.errors import InvalidJob, NotFound, UnsupportedMediaType
+from docqueue.models import Artifact, Job
+from docqueue.processors import Processor
+from docqueue.service import DocumentQueueService
+from docqueue.storage import CHUNK, sniff_media_type
+
+#: Media types `sniff_media_type` can tell from bytes: a claim of one of these is never trusted.
+SNIFFABLE = frozenset({"application/pdf"})
+UNKNOWN_TYPE = "application/octet-stream"
+#: Largest JSON submission: params are stored in the job row, files travel as multipart.
+MAX_JSON_BYTES = 16 * 1024 * 1024
+#: Fields a form may carry besides the file: the JSON body's fields.
+MAX_FORM_FIELDS = len(JobSubmission.model_fields) + 1
+
+
+@dataclass
+class Submission:
+    """A parsed submission: its fields and, from a multipart form, the uploaded file."""
+
+    fields: JobSubmission
+    upload: UploadFile | None = None
+
+
+async def read_submission(request: Request) -> AsyncIterator[Submission]:
+    """Parse the body by its content type; an uploaded file is closed once the request is done."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        yield Submission(_validated(_json_object(await _small_body(request))))
+        return
+    if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ProblemError(
+            UNSUPPORTED,
+            f"a job is sent as application/json, or as multipart/form-data with the file in "
+            f"`file`; not as {media or 'a body without a content type'}",
+        )
+    form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    try:
+        upload, raw = _split_form(form)
+        yield Submission(_validated(raw), upload)
+    finally:
+        await form.close()
+
+
+SubmissionDep = Annotated[Submission, Depends(read_submission)]
+
+
+async def _small_body(request: Request) -> bytes:
+    """A JSON body, refused past MAX_JSON_BYTES while it arrives: files come as multipart."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise ProblemError(
+                TOO_LARGE,
+                f"a JSON submission may have {MAX_JSON_BYTES:,} bytes at most; "
+                "send files as multipart/form-data",
+            )
+    return bytes(body)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The JSON object of a body, or a validation error saying where it breaks."""
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _invalid(("body",), f"the body is not JSON: {exc}", "json_invalid") from None
+    if not isinstance(value, dict):
+        raise _invalid(("body",), "the body must be a JSON object", "dict_type")
+    return value
+
+
+def _split_form(form: FormData) -> tuple[UploadFile | None, dict[str, Any]]:
+    """The file and the other fields of a form; `params` is a JSON string there."""
+    upload: UploadFile | None = None
+    raw: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key != "file":
+                raise _invalid(("body", key), "send the input file in the field `file`")
+            upload = value
+        elif value != "":
+            raw[key] = value
+    if isinstance(raw.get("params"), str):
+        try:
+            raw["params"] = json.loads(raw["params"])
+        except json.JSONDecodeError as exc:
+            raise _invalid(
+                ("body", "params"), f"params is not JSON: {exc}", "json_invalid"
+            ) from None
+    return upload, raw
+
+
+def _validated(raw: dict[str, Any]) -> JobSubmission:
+    """The submission's fields, or a validation error naming each bad one."""
+    try:
+        return JobSubmission.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
+
+
+def _invalid(
+    loc: tuple[str, ...], message: str, kind: str = "value_error"
+) -> RequestValidationError:
+    """A validation error for one field."""
+    return RequestValidationError([{"loc": loc, "msg": message, "type": kind}])
+
+
+def accept(
+    service: DocumentQueueService,
+    submission: Submission,
+    idempotency_key: str | None,
+    max_bytes: int,
+) -> tuple[Job, bool]:
+    """Validate, store the input, enqueue; True when a new job was made (not an idempotent replay)."""
+    fields = submission.fields
+    processor = service.registry.get(fields.operation)
+    service.registry.validate(fields.operation, fields.params)  # refuse before storing a byte
+    inputs = _inputs(service, processor, submission, max_bytes)
+    uploaded = inputs if submission.upload is not None else ()
+    try:
+        job, created = service.submit(
+            fields.operation,
+            fields.params,
+            fields.priority,
+            inputs=inputs,
+            queue=fields.queue,
+            run_at=fields.run_at,
+            delay=fields.delay,
+            idempotency_key=idempotency_key,
+            max_attempts=fields.max_attempts,
+        )
+    except BaseException:
+        _forget_unreferenced(service, uploaded)
+        raise
+    if not created:
+        _forget_unreferenced(service, uploaded)
+    return job, created
+
+
+def _inputs(
+    service: DocumentQueueService, processor: Processor, submission: Submission, max_bytes: int
+) -> tuple[Artifact, ...]:
+    """The job's input artifact: the uploaded file, a stored one, or none."""
+    upload, stored = submission.upload, submission.fields.input_artifact
+    if upload is not None and stored is not None:
+        raise InvalidJob("send a file or name a stored one in input_artifact, not both")
+    if not processor.takes_file:
+        if upload is not None or stored is not None:
+            raise InvalidJob(f"operation {processor.name!r} takes no input file; send none")
+        return ()
+    if upload is not None:
+        return (_store_upload(service, processor, upload, max_bytes),)
+    if stored is not None:
+        return (_stored_input(service, processor, stored, submission.fields.input_name),)
+    raise InvalidJob(
+        f"operation {processor.name!r} needs an input file ({', '.join(processor.accepts)}); "
+        "send it as `file` in a multipart form, or name a stored one in input_artifact"
+    )
+
+
+def _store_upload(
+    service: DocumentQueueService, processor: Processor, upload: UploadFile, max_bytes: int
+) -> Artifact:
+    """Check the upload's type from its first bytes, then stream it into storage."""
+    name = clean_name(upload.filename)
+    head = upload.file.read(CHUNK)
+    media_type = media_type_of(head, name, upload.content_type)
+    check_accepted(processor, media_type)
+    blob = service.storage.put_stream(chain([head], _rest(upload.file)), max_bytes)
+    return Artifact(blob.sha256, blob.size, media_type, name, "input")
+
+
+def _rest(file: IO[bytes]) -> Iterator[bytes]:
+    """The rest of a file in chunks."""
+    while chunk := file.read(CHUNK):
+        yield chunk
+
+
+def _stored_input(
+    service: DocumentQueueService, processor: Processor, sha256: str, name: str | None
+) -> Artifact:
+    """An already stored file as the input of a new job."""
+    if not service.storage.exists(sha256):
+        raise NotFound(f"no stored file has sha256 {sha256}; upload the file itself instead")
+    with service.storage.open(sha256) as stream:
+        head = stream.read(1024)
+    label = clean_name(name)
+    media_type = media_type_of(head, label, None)
+    check_accepted(processor, media_type)
+    return Artifact(sha256, service.storage.size(sha256), media_type, label, "input")
+
+
+def media_type_of(head: bytes, name: str, claimed: str | None) -> str:
+    """The type told by the bytes; a claim (header or name) only for types bytes cannot tell."""
+    sniffed = sniff_media_type(head)
+    if sniffed:
+        return sniffed
+    claim = claimed if claimed and claimed != UNKNOWN_TYPE else mimetypes.guess_type(name)[0]
+    return claim if claim and claim not in SNIFFABLE else UNKNOWN_TYPE
+
+
+def check_accepted(processor: Processor, media_type: str) -> None:
+    """Refuse a file the processor does not read."""
+    major = media_type.split("/")[0]
+    if any(a in (media_type, "*/*", f"{major}/*") for a in processor.accepts):
+        return
+    what = "of a type its bytes do not tell" if media_type == UNKNOWN_TYPE else media_type
+    raise UnsupportedMediaType(
+        f"operation {processor.name!r} reads {', '.join(processor.accepts)}; the file sent is "
+        f"{what} (judged by its first bytes, not its name)"
+    )
+
+
+def clean_name(name: str | None) -> str:
+    """A client's file name as metadata: no folders, no control characters, not too long."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip().strip(".")
+    return kept[:255] or "document"
+
+
+def _forget_unreferenced(service: DocumentQueueService, inputs: tuple[Artifact, ...]) -> None:
+    """Remove bytes stored for a job that was not made, unless another job names them."""
+    for artifact in inputs:
+        if not service.store.is_referenced(artifact.sha256):
+            service.storage.delete(artifact.sha256)
