@@ -19,6 +19,8 @@ from docqueue.store.tables import artifacts, job_events, jobs
 
 #: The states of jobs that wait to be claimed (scheduled ones once their time has come).
 WAITING = [JobState.QUEUED.value, JobState.SCHEDULED.value]
+#: The states a job never leaves on its own.
+FINISHED = [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,46 @@
+"""Rows that go with a state change: timeline entries and artifacts, in the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from uuid import UUID
+
+from sqlalchemy import Connection, insert
+
+from docqueue.models import JSON, Artifact
+from docqueue.store.tables import artifacts, job_events
+
+
+def add_event(conn: Connection, job_id: UUID, type_: str, at: datetime, data: JSON) -> None:
+    """Append one entry to a job's timeline."""
+    conn.execute(insert(job_events).values(job_id=job_id, type=type_, at=at, data=data))
+
+
+def add_events(conn: Connection, entries: Sequence[tuple[UUID, str, JSON]], at: datetime) -> None:
+    """Append several timeline entries with one statement."""
+    if entries:
+        conn.execute(
+            insert(job_events),
+            [{"job_id": j, "type": t, "at": at, "data": d} for j, t, d in entries],
+        )
+
+
+def add_artifacts(conn: Connection, job_id: UUID, items: Sequence[Artifact], now: datetime) -> None:
+    """Rows for the files a job read or wrote."""
+    if items:
+        conn.execute(
+            insert(artifacts),
+            [
+                {
+                    "job_id": job_id,
+                    "sha256": a.sha256,
+                    "size": a.size,
+                    "media_type": a.media_type,
+                    "name": a.name,
+                    "role": a.role,
+                    "created_at": now,
+                }
+                for a in items
+            ],
+        )
