@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 from uuid import UUID
 
 import fsspec
 
-from docqueue.errors import DocqueueError
+from docqueue.errors import DocqueueError, NotFound
+from docqueue.media import sniff_media_type
 from docqueue.models import Artifact
 
+__all__ = ["Storage", "StorageOutputWriter", "StoredBlob", "TooLarge", "sniff_media_type"]
+
 CHUNK = 1 << 20
+#: Bytes a remote upload buffers in memory before sending a part (5 MiB is S3's smallest part).
+UPLOAD_PART = 5 << 20
+_HEX = frozenset("0123456789abcdef")
 
 
 class TooLarge(DocqueueError):
@@ -39,47 +49,54 @@ class StoredBlob:
     size: int
 
 
-def sniff_media_type(head: bytes) -> str | None:
-    """The media type told by a file's first bytes, for the types docqueue reads; else None."""
-    if b"%PDF-" in head[:1024]:
-        return "application/pdf"
-    return None
-
-
 class Storage:
-    """Stores bytes under their sha256; the same bytes are kept once."""
+    """Stores bytes under their sha256; the same bytes are kept once.
 
-    def __init__(self, url: str) -> None:
+    `url` is any fsspec URL (`file:///srv/docqueue/files`, `s3://bucket/prefix`); `options` go to
+    the fsspec filesystem (for S3-compatible servers: `endpoint_url=...`). fsspec also reads
+    options from the environment, e.g. `FSSPEC_S3='{"endpoint_url": "http://minio:9000"}'`.
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        self.local = "file" in (
-            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        )
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+        self.root = self.root.rstrip("/")
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocols
         self.fs.makedirs(self.root, exist_ok=True)
 
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
     def key(self, sha256: str) -> str:
-        """Where the bytes of `sha256` live: sha256/ab/abcdef..."""
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"{sha256!r} is not a sha256 hex digest")
+        """Where the bytes of `sha256` live: <root>/sha256/ab/abcdef..."""
+        if len(sha256) != 64 or not _HEX.issuperset(sha256):
+            raise ValueError(f"{sha256!r} is not a sha256 hex digest (64 lowercase hex characters)")
         return f"{self.root}/sha256/{sha256[:2]}/{sha256}"
 
     def put_stream(
         self, source: Iterable[bytes] | IO[bytes], max_bytes: int | None = None
     ) -> StoredBlob:
-        """Store a stream chunk by chunk, hashing as it goes; past `max_bytes` keep nothing."""
-        chunks = _chunks(source)
+        """Store a stream chunk by chunk, hashing as it goes; past `max_bytes` keep nothing.
+
+        The bytes go to a temporary object first and move to their content key once the hash is
+        known; when that key exists already, the temporary object is dropped instead.
+        """
         digest = hashlib.sha256()
         size = 0
-        temp = f"{self.root}/tmp/{uuid.uuid4().hex}"
-        self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
+        temp = self._temp_key("upload")
         try:
-            with self.fs.open(temp, "wb") as out:
-                for chunk in chunks:
+            with self.fs.open(temp, "wb", block_size=UPLOAD_PART) as out:
+                for chunk in _chunks(source):
                     size += len(chunk)
                     if max_bytes is not None and size > max_bytes:
                         raise TooLarge(max_bytes)
                     digest.update(chunk)
                     out.write(chunk)
+                if self.local:
+                    # The job row that names these bytes is committed next; make them durable first.
+                    out.flush()
+                    os.fsync(out.fileno())
             sha256 = digest.hexdigest()
             target = self.key(sha256)
             if self.fs.exists(target):
@@ -88,8 +105,7 @@ class Storage:
                 self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.mv(temp, target)
         except BaseException:
-            if self.fs.exists(temp):
-                self.fs.rm(temp)
+            self._remove_quietly(temp)
             raise
         return StoredBlob(sha256, size)
 
@@ -98,13 +114,16 @@ class Storage:
         with path.open("rb") as file:
             return self.put_stream(file, max_bytes)
 
-    def put_bytes(self, data: bytes) -> StoredBlob:
+    def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredBlob:
         """Store bytes already in memory (small ones: results, test data)."""
-        return self.put_stream([data])
+        return self.put_stream([data], max_bytes)
 
     def open(self, sha256: str) -> IO[bytes]:
-        """A binary stream of the stored bytes."""
-        stream: IO[bytes] = self.fs.open(self.key(sha256), "rb")
+        """A binary stream of the stored bytes; NotFound when they are not stored."""
+        try:
+            stream: IO[bytes] = self.fs.open(self.key(sha256), "rb")
+        except FileNotFoundError:
+            raise self._missing(sha256) from None
         return stream
 
     def iter_bytes(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
@@ -115,11 +134,12 @@ class Storage:
 
     @contextmanager
     def local_path(self, sha256: str) -> Iterator[Path]:
-        """A local file with the bytes: the stored file itself on file://, a temporary copy else."""
+        """A local file with the bytes: the stored file itself on file:// (do not change it), a
+        temporary copy removed on exit else."""
         if self.local:
             path = Path(self.key(sha256))
-            if not path.exists():
-                raise FileNotFoundError(f"stored file {sha256} is missing from {self.url}")
+            if not path.is_file():
+                raise self._missing(sha256)
             yield path
             return
         with tempfile.TemporaryDirectory(prefix="docqueue-") as tmp:
@@ -133,20 +153,65 @@ class Storage:
         return bool(self.fs.exists(self.key(sha256)))
 
     def size(self, sha256: str) -> int:
-        """Size of the stored bytes."""
-        return int(self.fs.size(self.key(sha256)))
+        """Size of the stored bytes; NotFound when they are not stored."""
+        try:
+            return int(self.fs.size(self.key(sha256)))
+        except FileNotFoundError:
+            raise self._missing(sha256) from None
 
-    def delete(self, sha256: str) -> None:
-        """Forget the bytes (the caller checks that no job still names them)."""
-        if self.exists(sha256):
-            self.fs.rm(self.key(sha256))
+    def delete(self, sha256: str) -> bool:
+        """Forget the bytes (the caller checks that no job still names them); False if absent."""
+        key = self.key(sha256)
+        if not self.fs.exists(key):
+            return False
+        try:
+            self.fs.rm(key)
+        except FileNotFoundError:  # removed by someone else meanwhile
+            return False
+        return True
 
     def check_writable(self) -> None:
-        """Write and remove a probe file; raises when storage cannot be written."""
-        probe = f"{self.root}/tmp/probe-{uuid.uuid4().hex}"
-        self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
-        self.fs.pipe_file(probe, b"ok")
-        self.fs.rm(probe)
+        """Write, read back and remove a probe object; raises when storage cannot be used."""
+        probe = self._temp_key("probe")
+        token = uuid.uuid4().bytes
+        try:
+            self.fs.pipe_file(probe, token)
+            if self.fs.cat_file(probe) != token:
+                raise OSError(f"storage at {self.url} returned other bytes than were written")
+        finally:
+            self._remove_quietly(probe)
+
+    def remove_stale_temp(self, older_than: float = 3600.0) -> int:
+        """Remove temporary objects left by crashed uploads, older than `older_than` seconds."""
+        folder = f"{self.root}/tmp"
+        try:
+            entries = self.fs.ls(folder, detail=True, refresh=True)
+        except FileNotFoundError:
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        for entry in entries:
+            modified = _modified(entry)
+            if entry.get("type") == "file" and modified is not None and modified < cutoff:
+                self._remove_quietly(entry["name"])
+                removed += 1
+        return removed
+
+    def _temp_key(self, kind: str) -> str:
+        """A fresh temporary key beside the content keys (same filesystem, so a move is a rename)."""
+        folder = f"{self.root}/tmp"
+        self.fs.makedirs(folder, exist_ok=True)
+        return f"{folder}/{kind}-{uuid.uuid4().hex}"
+
+    def _remove_quietly(self, key: str) -> None:
+        """Remove `key` if it is there; cleanup must never hide the error that caused it."""
+        with contextlib.suppress(Exception):
+            if self.fs.exists(key):
+                self.fs.rm(key)
+
+    def _missing(self, sha256: str) -> NotFound:
+        """The error for bytes that are not stored."""
+        return NotFound(f"stored file {sha256} is not in {self.url}; it may have been pruned")
 
 
 class StorageOutputWriter:
@@ -157,16 +222,28 @@ class StorageOutputWriter:
         self.job_id = job_id
 
     def put(self, name: str, path: Path, media_type: str) -> Artifact:
-        """Store the file at `path` as output `name` of the job."""
+        """Store the file at `path` as output `name` of the job (the name is a label, never a path)."""
         blob = self.storage.put_file(path)
         return Artifact(blob.sha256, blob.size, media_type, name, "output", self.job_id)
 
 
 def _chunks(source: Iterable[bytes] | IO[bytes]) -> Iterator[bytes]:
-    """Chunks from an iterable of bytes or a binary file."""
-    if hasattr(source, "read"):
-        file: Any = source
-        while chunk := file.read(CHUNK):
+    """Chunks from an iterable of bytes or a binary file (read in CHUNK-sized pieces, not lines)."""
+    read = getattr(source, "read", None)
+    if read is not None:
+        while chunk := read(CHUNK):
             yield chunk
     else:
-        yield from source
+        for chunk in source:
+            if chunk:
+                yield bytes(chunk)
+
+
+def _modified(entry: dict[str, Any]) -> float | None:
+    """A listing entry's modification time as a Unix timestamp, across filesystems."""
+    value = entry.get("mtime", entry.get("LastModified"))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    return None

