@@ -12,6 +12,16 @@ from uuid import UUID
 JSON = dict[str, Any]
 
 
+#: Params never shown back by the API or the command line (a PDF's password); a processor
+#: that takes a secret gives its param one of these names.
+SECRET_PARAMS = frozenset({"password"})
+
+
+def redacted(params: JSON) -> JSON:
+    """`params` with every secret value masked, for showing a job to people."""
+    return {key: "***" if key in SECRET_PARAMS else value for key, value in params.items()}
+
+
 def utcnow() -> datetime:
     """The current time, aware, in UTC."""
     return datetime.now(UTC)

@@ -25,7 +25,7 @@ from docqueue.models import (
     Succeeded,
     utcnow,
 )
-from docqueue.processors import Registry, builtin_registry
+from docqueue.processors import Processor, Registry, builtin_registry
 from docqueue.runner import Runner
 from docqueue.settings import Settings
 from docqueue.storage import Storage, sniff_media_type
@@ -109,7 +109,7 @@ class DocumentQueueService:
     ) -> tuple[Job, bool]:
         """Queue `operation` on input files already in storage; False when the key named a job."""
         processor = self.registry.get(operation)
-        clean = self.registry.validate(operation, params or {})
+        clean = self._limited(processor, self.registry.validate(operation, params or {}))
         if delay is not None:
             run_at = utcnow() + timedelta(seconds=delay)
         new = NewJob(
@@ -123,6 +123,14 @@ class DocumentQueueService:
             input_artifacts=inputs,
         )
         return self.store.enqueue(new)
+
+    def _limited(self, processor: Processor, params: JSON) -> JSON:
+        """Params with the server's page limit applied, for processors that take `max_pages`."""
+        model = processor.params_model
+        if model is None or "max_pages" not in model.model_fields:
+            return params
+        asked = params.get("max_pages") or self.settings.max_pages
+        return {**params, "max_pages": min(asked, self.settings.max_pages)}
 
     def store_document(
         self, document: str | os.PathLike[str] | bytes, name: str | None

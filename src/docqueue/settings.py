@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     #: Python modules imported at start that register custom processors.
     imports: Annotated[list[str], NoDecode] = []
 
+    #: Most pages a document job may read; a client may ask for fewer (params.max_pages), not more.
+    max_pages: int = Field(default=2000, ge=1)
     #: Largest upload the API accepts, in bytes; a bigger one gets 413 and nothing is kept.
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     #: Longest `?wait=` long-poll in seconds; a longer wait asked for is cut to this.

@@ -18,6 +18,7 @@ from docqueue.models import (
     Priority,
     QueueStats,
     WorkerInfo,
+    redacted,
 )
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -113,7 +114,7 @@ class JobOut(BaseModel):
             operation=job.operation,
             queue=job.queue,
             priority=job.priority,
-            params=job.params,
+            params=redacted(job.params),
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             position=position,

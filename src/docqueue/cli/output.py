@@ -7,7 +7,7 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
-from docqueue.models import Job, JobEvent, JobState, QueueStats
+from docqueue.models import Job, JobEvent, JobState, QueueStats, redacted
 
 console = Console()
 STATE_STYLE = {
@@ -60,7 +60,7 @@ def job_table(job: Job, events: list[JobEvent]) -> Table:
         "status": state(job.status),
         "priority": str(job.priority),
         "attempt": f"{job.attempt} of {job.max_attempts}",
-        "params": str(job.params),
+        "params": str(redacted(job.params)),
         "progress": "-"
         if job.progress is None
         else f"{job.progress:.0%} {job.progress_message or ''}",
