@@ -222,3 +222,38 @@ def test_burst_exits_on_empty_queue(settings: Settings) -> None:
     except subprocess.TimeoutExpired:
         kill_tree(worker)
         raise
+
+
+def test_worker_rides_out_lost_database_connections(postgres_database: str, tmp_path: Path) -> None:
+    """Every connection of the worker is killed by the server mid-run: it reconnects and goes on."""
+    from sqlalchemy import text
+
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=postgres_database,
+        lease_seconds=3.0,
+        retry_base_delay=0.0,
+        poll_interval=0.01,
+    )
+    store = JobStore.from_settings(settings)
+    with store.engine.begin() as conn:
+        conn.execute(text("TRUNCATE job_events, artifacts, workers, jobs CASCADE"))
+    first = [store.enqueue(NewJob("noop", {"sleep_ms": 100}))[0].id for _ in range(10)]
+    worker = start_worker(settings, "--concurrency", "1")
+    try:
+        wait_for(lambda: finished(store, 2), 30, "the first jobs")
+        with store.engine.begin() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert killed >= 2  # the worker's pool connection and its LISTEN connection
+        later = [store.enqueue(NewJob("noop"))[0].id for _ in range(5)]
+        wait_for(lambda: finished(store, 15), 60, "every job after the connections were killed")
+        assert worker.poll() is None, "the worker kept running"
+    finally:
+        kill_tree(worker)
+    for job_id in first + later:
+        assert store.get(job_id).status == JobState.SUCCEEDED

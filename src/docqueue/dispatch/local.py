@@ -16,6 +16,8 @@ from types import FrameType
 from typing import Any
 from uuid import UUID, uuid4
 
+from sqlalchemy.exc import DBAPIError
+
 from docqueue.dispatch.child import Task
 from docqueue.dispatch.pool import ChildHandle
 from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome
@@ -33,6 +35,8 @@ NOTIFY_FALLBACK_POLL = 1.0
 GROUP_COMMIT_WINDOW = 0.02
 #: Most short jobs handed to a child in one message.
 MAX_CHUNK = 8
+#: Longest pause between tries while the store is unreachable.
+STORE_RETRY_MAX = 5.0
 #: Seconds between prunes of finished jobs past the retention time.
 PRUNE_INTERVAL = 600.0
 
@@ -78,6 +82,7 @@ class Supervisor:
         self.pending = Pending()
         self.timers = Timers()
         self.stopping = False
+        self.store_failures = 0
         #: Moving average of job run time, which decides whether to claim ahead and in chunks.
         self.average_run = settings.short_job_seconds * 2
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
@@ -119,7 +124,10 @@ class Supervisor:
 
     def _step(self) -> bool:
         """One turn of the loop; False when the worker should exit."""
-        self._write()
+        try:
+            self._write()
+        except DBAPIError as exc:
+            return self._store_down(exc)
         self._assign()
         busy = [c for c in self.children if c.busy]
         if self.stopping and (not busy or time.monotonic() >= (self.timers.stop_by or 0)):
@@ -128,8 +136,23 @@ class Supervisor:
             return False
         self._wait(busy)
         self._enforce_deadlines()
-        self._maintain()
+        try:
+            self._maintain()
+        except DBAPIError as exc:
+            return self._store_down(exc)
         return True
+
+    def _store_down(self, exc: DBAPIError) -> bool:
+        """The store failed a statement: keep what is pending, wait a little, try again.
+
+        Children go on with their jobs meanwhile; outcomes wait in memory until the store
+        answers (if this process dies first, the leases expire and the jobs run again).
+        """
+        self.store_failures += 1
+        pause = min(STORE_RETRY_MAX, 0.1 * 2**self.store_failures)
+        log.warning("the job store failed (%s); trying again in %.1fs", exc.orig or exc, pause)
+        time.sleep(pause)
+        return not (self.stopping and time.monotonic() >= (self.timers.stop_by or 0))
 
     def _drained(self) -> bool:
         """True when nothing is buffered and the store has no due job for this worker."""
@@ -146,7 +169,10 @@ class Supervisor:
                 self._give_back(child, include_running=True)
         self.pending.release += [(job.id, job.attempt) for job, _ in self.buffer]
         self.buffer.clear()
-        self._write()
+        try:
+            self._write()
+        except DBAPIError as exc:  # the leases will expire and the reaper will take the jobs back
+            log.error("could not record the last outcomes or give jobs back: %s", exc)
         for child in self.children:
             child.stop()
         self.workers.stop(self.worker_id)
@@ -181,7 +207,7 @@ class Supervisor:
             want = 0
         if not want and not self._flush_due():
             return
-        completions, self.pending.completions = self.pending.completions, []
+        completions = self.pending.completions
         states, jobs = self.store.complete_and_claim(
             completions,
             self.worker_id,
@@ -190,6 +216,8 @@ class Supervisor:
             lease_seconds=self.settings.lease_seconds,
             queue_limits=self.settings.queue_limits,
         )
+        self.pending.completions = []
+        self.store_failures = 0
         for completion, state in zip(completions, states, strict=True):
             if state is None:
                 log.info(
@@ -273,11 +301,11 @@ class Supervisor:
     def _wait(self, busy: list[ChildHandle]) -> None:
         """Sleep until a child reports, a child dies, a job is queued, or a timer is due."""
         objects: list[Any] = [c.conn for c in busy] + [c.process.sentinel for c in self.children]
-        if self.listener is not None and not self.stopping:
+        if self.listener is not None and not self.stopping and self.listener.connected():
             objects.append(self.listener)
         for ready in wait(objects, self._sleep(busy)):
             if isinstance(ready, Listener):
-                if ready.drain() & set(self.settings.queues):
+                if ready.drain() & {"*", *self.settings.queues}:
                     self.timers.notified = True
                 continue
             for child in list(self.children):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,23 +73,55 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 class Listener:
-    """A PostgreSQL connection that LISTENs for queued jobs, to wake an idle worker at once."""
+    """A PostgreSQL connection that LISTENs for queued jobs, to wake an idle worker at once.
+
+    It reconnects by itself after the server restarts; while it cannot, workers fall back on
+    polling, so a lost notification only delays a job.
+    """
+
+    #: Seconds between attempts to reconnect.
+    RETRY = 1.0
 
     def __init__(self, engine: Engine) -> None:
+        self._url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn: Any = None
+        self._next_try = 0.0
+        self.connected()
+
+    def connected(self) -> bool:
+        """True when listening; tries to reconnect (at most once a second) when not."""
+        if self._conn is not None and not self._conn.closed:
+            return True
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        self._next_try = now + self.RETRY
         import psycopg
 
-        url = engine.url.set(drivername="postgresql")
-        self._conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
-        self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        try:
+            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except psycopg.Error:
+            self._conn = None
+            return False
+        return True
 
     def fileno(self) -> int:
         """The socket to wait on."""
-        return self._conn.fileno()
+        return int(self._conn.fileno())
 
     def drain(self) -> set[str]:
-        """The queues named by notifications that arrived; never blocks."""
-        return {n.payload for n in self._conn.notifies(timeout=0)}
+        """Queues named by notifications that arrived ("*" if the connection broke); never blocks."""
+        import psycopg
+
+        try:
+            return {n.payload for n in self._conn.notifies(timeout=0)}
+        except psycopg.Error:
+            self.close()
+            return {"*"}  # something may have been queued while nobody listened
 
     def close(self) -> None:
         """Close the connection."""
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
