@@ -52,3 +52,32 @@ def test_lease_is_renewed_while_the_job_runs(store: JobStore, tmp_path: Path) ->
     state = run_job_id(store, make_runner(tmp_path), job.id, "w", lease_seconds=0.6)
     assert state == JobState.SUCCEEDED
     assert "retry_scheduled" not in [e.type for e in store.events(job.id)]
+
+
+def test_pruned_jobs_take_only_their_own_files(settings: object, tmp_path: Path) -> None:
+    """Bytes shared by two jobs stay until the last job naming them is pruned."""
+    from docqueue.runner import forget_files
+    from docqueue.service import DocumentQueueService
+
+    service = DocumentQueueService(settings)  # type: ignore[arg-type]
+    old = service.enqueue(b"shared bytes", "noop")
+    new = service.enqueue(b"shared bytes", "noop")
+    sha = service.store.inputs([old.id])[old.id][0].sha256
+    assert service.process_document_queue(limit=10).completed == 2
+    with service.store.engine.begin() as conn:  # age the first job past retention
+        from sqlalchemy import update
+
+        from docqueue.store.tables import jobs
+
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == old.id)
+            .values(finished_at=utcnow() - timedelta(days=30))
+        )
+    removed = service.store.prune(timedelta(days=7))
+    assert [a.sha256 for a in removed] == [sha]
+    assert forget_files(service.store, service.storage, removed) == 0
+    assert service.storage.exists(sha)
+    removed = service.store.prune(timedelta(days=-1))
+    assert forget_files(service.store, service.storage, removed) == 1
+    assert not service.storage.exists(sha)

@@ -22,7 +22,9 @@ from docqueue.dispatch.child import Task
 from docqueue.dispatch.pool import ChildHandle
 from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import Registry, builtin_registry
+from docqueue.runner import forget_files
 from docqueue.settings import Settings
+from docqueue.storage import Storage
 from docqueue.store import JobStore, WorkerRegistry
 from docqueue.store.engine import Listener
 
@@ -73,6 +75,7 @@ class Supervisor:
         self.burst = burst
         self.store = JobStore.from_settings(settings)
         self.workers = WorkerRegistry(self.store.engine)
+        self.storage = Storage(settings.resolved_storage_url)
         self.registry: Registry = builtin_registry(settings.imports)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:6]}"
         self.mp = multiprocessing.get_context("forkserver")
@@ -426,7 +429,12 @@ class Supervisor:
                 log.warning("took back %d jobs whose worker stopped renewing the lease", reaped)
         if now >= self.timers.prune and self.settings.retention_days:
             self.timers.prune = now + PRUNE_INTERVAL
-            self.store.prune(timedelta(days=self.settings.retention_days))
+            removed = self.store.prune(timedelta(days=self.settings.retention_days))
+            if removed:
+                files = forget_files(self.store, self.storage, removed)
+                log.info(
+                    "pruned finished jobs past retention; %d stored files went with them", files
+                )
 
     def _heartbeat(self) -> None:
         """Renew leases; stop the children whose running job was cancelled or taken back."""

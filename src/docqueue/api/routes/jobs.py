@@ -13,6 +13,7 @@ from docqueue.api.schemas import JobOut, JobPageOut, JobSubmission, ResultOut, j
 from docqueue.api.submission import SubmissionDep, accept
 from docqueue.api.views import job_out, wait_until_finished
 from docqueue.models import Job, JobState
+from docqueue.runner import forget_files
 from docqueue.store import JobStore
 
 log = logging.getLogger("docqueue.api")
@@ -153,9 +154,7 @@ def retry_job(job_id: JobId, store: StoreDep, response: Response) -> JobOut:
 def delete_job(job_id: JobId, store: StoreDep, storage: StorageDep) -> Response:
     """Delete a finished job, its timeline and the bytes of its files no other job names."""
     removed = store.delete(job_id)
-    for sha256 in {artifact.sha256 for artifact in removed}:
-        if not store.is_referenced(sha256):
-            storage.delete(sha256)
+    forget_files(store, storage, removed)
     log.info("deleted with %d artifacts", len(removed), extra={"job_id": str(job_id)})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
