@@ -61,7 +61,7 @@ def test_pruned_jobs_take_only_their_own_files(settings: object, tmp_path: Path)
 
     service = DocumentQueueService(settings)  # type: ignore[arg-type]
     old = service.enqueue(b"shared bytes", "noop")
-    new = service.enqueue(b"shared bytes", "noop")
+    service.enqueue(b"shared bytes", "noop")
     sha = service.store.inputs([old.id])[old.id][0].sha256
     assert service.process_document_queue(limit=10).completed == 2
     with service.store.engine.begin() as conn:  # age the first job past retention
