@@ -217,21 +217,23 @@ def main() -> None:
     parser.add_argument("--claim-sizes", default="1000,1000000")
     parser.add_argument("--peers", default="all", help="peers to measure: all, none, or a,b")
     parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument("--claims-only", action="store_true", help="only the claim latency part")
     args = parser.parse_args()
     rows: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="docqueue-bench-") as tmp:
         workdir = Path(tmp)
-        for kind in args.stores.split(","):
+        for kind in [] if args.claims_only else args.stores.split(","):
             console.print(f"measuring docqueue on {kind} ...")
             rows.append(measure_docqueue(kind, args.n, args.latency_seconds, workdir))
-        if args.peers != "none":
+        if args.peers != "none" and not args.claims_only:
             from peers import PEERS, run_peer
 
             names = list(PEERS) if args.peers == "all" else args.peers.split(",")
             for name in names:
                 console.print(f"measuring {name} ...")
                 rows.append(Figures(**vars(run_peer(name, args.n, args.latency_seconds))))
-        print_drain(rows, args.n)
+        if rows:
+            print_drain(rows, args.n)
         sizes = [int(s) for s in args.claim_sizes.split(",")]
         claims = {
             (kind, size): claim_latency(kind, size, workdir)

@@ -35,8 +35,12 @@ def record(ctx: Context) -> JSON:
 
 
 def crash(ctx: Context) -> JSON:
-    """Kill this very process with SIGKILL on the attempts listed in params.kill_on."""
+    """Die on the attempts listed in params.kill_on: SIGKILL, or a real segfault if asked."""
     if ctx.attempt in ctx.params.get("kill_on", [1]):
+        if ctx.params.get("how") == "segfault":
+            import ctypes
+
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
         os.kill(os.getpid(), signal.SIGKILL)
     return {"survived_attempt": ctx.attempt}
 

@@ -66,6 +66,19 @@ def test_killed_child_costs_one_attempt(store: JobStore, settings: Settings) -> 
     assert store.get(other.id).status == JobState.SUCCEEDED
 
 
+def test_segfault_costs_one_attempt(store: JobStore, settings: Settings) -> None:
+    """A segfault in a processor fails that attempt with the signal named; the retry succeeds."""
+    job, _ = store.enqueue(NewJob("crash", {"kill_on": [1], "how": "segfault"}))
+    worker = start_worker(settings, "--concurrency", "1", "--burst")
+    try:
+        assert worker.wait(timeout=60) == 0
+    finally:
+        kill_tree(worker)
+    assert store.get(job.id).status == JobState.SUCCEEDED
+    retry = next(e for e in store.events(job.id) if e.type == "retry_scheduled")
+    assert retry.data["error"]["message"] == "worker process died: signal 11 (SIGSEGV)"
+
+
 def test_child_killed_from_outside(store: JobStore, settings: Settings, tmp_path: Path) -> None:
     """kill -9 of a busy child from another process: retried once and recorded once."""
     started, done = tmp_path / "started.log", tmp_path / "done.log"
