@@ -56,13 +56,22 @@ class Figures:
     note: str = ""
 
 
-def fresh_postgres(name: str) -> str:
-    """A new, empty PostgreSQL database for one measurement."""
+#: PostgreSQL databases this run made, dropped when it ends.
+MADE: list[str] = []
+
+
+def admin_sql(statement: str) -> None:
+    """Run one statement on the PostgreSQL server outside any transaction."""
     admin = make_engine(POSTGRES, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(statement))
     admin.dispose()
+
+
+def fresh_postgres(name: str) -> str:
+    """A new, empty PostgreSQL database for one measurement."""
+    admin_sql(f'CREATE DATABASE "{name}"')
+    MADE.append(name)
     return make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
 
 
@@ -219,28 +228,36 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--claims-only", action="store_true", help="only the claim latency part")
     args = parser.parse_args()
-    rows: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="docqueue-bench-") as tmp:
-        workdir = Path(tmp)
-        for kind in [] if args.claims_only else args.stores.split(","):
-            console.print(f"measuring docqueue on {kind} ...")
-            rows.append(measure_docqueue(kind, args.n, args.latency_seconds, workdir))
-        if args.peers != "none" and not args.claims_only:
-            from peers import PEERS, run_peer
+        try:
+            measure(args, Path(tmp))
+        finally:
+            for name in MADE:
+                admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-            names = list(PEERS) if args.peers == "all" else args.peers.split(",")
-            for name in names:
-                console.print(f"measuring {name} ...")
-                rows.append(Figures(**vars(run_peer(name, args.n, args.latency_seconds))))
-        if rows:
-            print_drain(rows, args.n)
-        sizes = [int(s) for s in args.claim_sizes.split(",")]
-        claims = {
-            (kind, size): claim_latency(kind, size, workdir)
-            for kind in args.stores.split(",")
-            for size in sizes
-        }
-        print_claims(claims, sizes)
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
+    """Every measurement the arguments ask for, printed as tables."""
+    rows: list[Figures] = []
+    for kind in [] if args.claims_only else args.stores.split(","):
+        console.print(f"measuring docqueue on {kind} ...")
+        rows.append(measure_docqueue(kind, args.n, args.latency_seconds, workdir))
+    if args.peers != "none" and not args.claims_only:
+        from peers import PEERS, run_peer
+
+        names = list(PEERS) if args.peers == "all" else args.peers.split(",")
+        for name in names:
+            console.print(f"measuring {name} ...")
+            rows.append(Figures(**vars(run_peer(name, args.n, args.latency_seconds))))
+    if rows:
+        print_drain(rows, args.n)
+    sizes = [int(s) for s in args.claim_sizes.split(",")]
+    claims = {
+        (kind, size): claim_latency(kind, size, workdir)
+        for kind in args.stores.split(",")
+        for size in sizes
+    }
+    print_claims(claims, sizes)
 
 
 def print_drain(rows: list[Figures], n: int) -> None:

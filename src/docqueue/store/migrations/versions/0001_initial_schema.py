@@ -46,7 +46,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index("ix_jobs_batch_id", ["batch_id"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_batch_id",
+            ["batch_id"],
+            unique=False,
+            sqlite_where=sa.text("batch_id IS NOT NULL"),
+            postgresql_where=sa.text("batch_id IS NOT NULL"),
+        )
         batch_op.create_index(
             "ix_jobs_claim",
             ["queue", sa.literal_column("priority DESC"), "run_at", "id"],
@@ -75,7 +81,13 @@ def upgrade() -> None:
             sqlite_where=sa.text("status = 'running'"),
             postgresql_where=sa.text("status = 'running'"),
         )
-        batch_op.create_index("ix_jobs_status_queue", ["status", "queue", "id"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_failed",
+            ["id"],
+            unique=False,
+            sqlite_where=sa.text("status = 'failed'"),
+            postgresql_where=sa.text("status = 'failed'"),
+        )
         batch_op.create_index(
             "uq_jobs_idempotency_key",
             ["idempotency_key"],
@@ -168,7 +180,11 @@ def downgrade() -> None:
             sqlite_where=sa.text("idempotency_key IS NOT NULL"),
             postgresql_where=sa.text("idempotency_key IS NOT NULL"),
         )
-        batch_op.drop_index("ix_jobs_status_queue")
+        batch_op.drop_index(
+            "ix_jobs_failed",
+            sqlite_where=sa.text("status = 'failed'"),
+            postgresql_where=sa.text("status = 'failed'"),
+        )
         batch_op.drop_index(
             "ix_jobs_running_queue",
             sqlite_where=sa.text("status = 'running'"),
@@ -189,7 +205,11 @@ def downgrade() -> None:
             sqlite_where=sa.text("status IN ('queued', 'scheduled')"),
             postgresql_where=sa.text("status IN ('queued', 'scheduled')"),
         )
-        batch_op.drop_index("ix_jobs_batch_id")
+        batch_op.drop_index(
+            "ix_jobs_batch_id",
+            sqlite_where=sa.text("batch_id IS NOT NULL"),
+            postgresql_where=sa.text("batch_id IS NOT NULL"),
+        )
 
     op.drop_table("jobs")
     # ### end Alembic commands ###
