@@ -9,7 +9,6 @@ import signal
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing.connection import wait
 from types import FrameType
@@ -19,7 +18,7 @@ from uuid import UUID, uuid4
 from sqlalchemy.exc import DBAPIError
 
 from docqueue.dispatch.child import Task
-from docqueue.dispatch.pool import ChildHandle
+from docqueue.dispatch.pool import ChildHandle, Pending, Timers
 from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import Registry, builtin_registry
 from docqueue.runner import forget_files
@@ -41,30 +40,6 @@ MAX_CHUNK = 8
 STORE_RETRY_MAX = 5.0
 #: Seconds between prunes of finished jobs past the retention time.
 PRUNE_INTERVAL = 600.0
-
-
-@dataclass
-class Timers:
-    """When the supervisor next does each periodic thing (monotonic seconds)."""
-
-    poll: float = 0.0
-    heartbeat: float = 0.0
-    reap: float = 0.0
-    prune: float = 0.0
-    flush_by: float = 0.0
-    stop_by: float | None = None
-    last_claim_full: bool = False
-    #: PostgreSQL said a job was queued: claim without asking the store first.
-    notified: bool = False
-
-
-@dataclass
-class Pending:
-    """What the supervisor has to write: outcomes, progress, jobs to give back."""
-
-    completions: list[Completion] = field(default_factory=list)
-    progress: list[tuple[UUID, int, float, str | None]] = field(default_factory=list)
-    release: list[tuple[UUID, int]] = field(default_factory=list)
 
 
 class Supervisor:

@@ -1,4 +1,4 @@
-"""One child process as its supervisor sees it: the chunk of jobs it holds and which one runs."""
+"""The supervisor's bookkeeping: each child and the chunk of jobs it holds, timers, pending writes."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Event
+from uuid import UUID
 
 from docqueue.dispatch.child import Task, child_main
-from docqueue.models import Job
+from docqueue.models import Completion, Job
 from docqueue.settings import Settings
 
 
@@ -94,3 +95,27 @@ class ChildHandle:
             self.process.kill()
         self.process.join()
         self.conn.close()
+
+
+@dataclass
+class Timers:
+    """When the supervisor next does each periodic thing (monotonic seconds)."""
+
+    poll: float = 0.0
+    heartbeat: float = 0.0
+    reap: float = 0.0
+    prune: float = 0.0
+    flush_by: float = 0.0
+    stop_by: float | None = None
+    last_claim_full: bool = False
+    #: PostgreSQL said a job was queued: claim without asking the store first.
+    notified: bool = False
+
+
+@dataclass
+class Pending:
+    """What the supervisor has to write: outcomes, progress, jobs to give back."""
+
+    completions: list[Completion] = field(default_factory=list)
+    progress: list[tuple[UUID, int, float, str | None]] = field(default_factory=list)
+    release: list[tuple[UUID, int]] = field(default_factory=list)
