@@ -186,7 +186,7 @@ def _store_upload(
     name = clean_name(upload.filename)
     head = upload.file.read(CHUNK)
     media_type = media_type_of(head, name, upload.content_type)
-    check_accepted(processor, media_type)
+    check_accepted(processor, media_type, size=0 if not head else None)
     blob = service.storage.put_stream(chain([head], _rest(upload.file)), max_bytes)
     return Artifact(blob.sha256, blob.size, media_type, name, "input")
 
@@ -220,8 +220,13 @@ def media_type_of(head: bytes, name: str, claimed: str | None) -> str:
     return claim if claim and claim not in SNIFFABLE else UNKNOWN_TYPE
 
 
-def check_accepted(processor: Processor, media_type: str) -> None:
-    """Refuse a file the processor does not read."""
+def check_accepted(processor: Processor, media_type: str, size: int | None = None) -> None:
+    """Refuse a file the processor does not read (an empty one says so)."""
+    if size == 0:
+        raise UnsupportedMediaType(
+            f"the file sent is empty (0 bytes); operation {processor.name!r} reads "
+            f"{', '.join(processor.accepts)}: send the document itself"
+        )
     major = media_type.split("/")[0]
     if any(a in (media_type, "*/*", f"{major}/*") for a in processor.accepts):
         return

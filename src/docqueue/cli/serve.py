@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import subprocess
 import sys
 import threading
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -15,6 +17,8 @@ import uvicorn
 from docqueue.settings import Settings
 
 log = logging.getLogger("docqueue.serve")
+#: prctl option: the signal a process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 
 
 class WorkerProcess:
@@ -29,8 +33,17 @@ class WorkerProcess:
         self.watchdog.start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        """Start the worker with the same settings (environment and flags)."""
-        return subprocess.Popen([sys.executable, "-m", "docqueue", "worker", *self.args])
+        """Start the worker with the same settings (environment and flags).
+
+        It gets a process group of its own, so that Ctrl-C in a terminal reaches only the server,
+        which then stops the worker with one SIGTERM (a second signal would mean "stop now");
+        and it is told to stop if the server dies without doing so.
+        """
+        return subprocess.Popen(
+            [sys.executable, "-m", "docqueue", "worker", *self.args],
+            process_group=0,
+            preexec_fn=_stop_with_parent,
+        )
 
     def _watch(self) -> None:
         """Restart the worker when it exits on its own."""
@@ -50,6 +63,18 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _stop_with_parent() -> None:
+    """In the worker, before it runs: ask Linux for SIGTERM when the server process dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    """Turn SIGTERM into a normal exit, so the worker pool is stopped on the way out."""
+    raise SystemExit(0)
 
 
 def serve(

@@ -52,6 +52,9 @@ def submit(
         else:
             for path, job in jobs:
                 console.print(f"{path}: job [bold]{job['id']}[/] {job['status']}")
+    troubled = [job for _, job in jobs if job["status"] in ("failed", "cancelled", "refused")]
+    if troubled:
+        raise typer.Exit(1)  # scripts tell success from failure by the exit status
 
 
 def _expand(paths: Iterable[Path]) -> Iterable[Path]:
@@ -169,6 +172,6 @@ def _summary(client: httpx.Client, jobs: list[tuple[Path, dict[str, Any]]]) -> N
             continue  # a folder of thousands: list what needs a look, count the rest
         error = job.get("error")
         detail = error.get("message", "") if isinstance(error, dict) else str(error or "")
-        table.add_row(str(path), str(job["id"] or "-"), job["status"], detail[:80])
+        table.add_row(str(path), str(job["id"] or "-"), job["status"], detail)
     table.caption = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     console.print(table)

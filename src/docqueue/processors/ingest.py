@@ -187,7 +187,7 @@ def _check_page_limit(selected: int, page_count: int, params: IngestParams) -> N
     count = selected if params.pages else page_count
     raise InputError(
         f"the PDF has {count} {chosen}, more than the limit of {params.max_pages} (max_pages); "
-        "select fewer with params.pages or raise params.max_pages"
+        'select fewer with params.pages (for example "1-50"), or split the document'
     )
 
 
