@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
+import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +17,7 @@ from docqueue.errors import InvalidJob
 from docqueue.models import JSON
 from docqueue.processors.context import Context
 
+log = logging.getLogger("docqueue.resources")
 ProcessorFunc = Callable[[Context], JSON | None]
 
 
@@ -131,7 +135,10 @@ class Resources:
     def get(self, name: str) -> Any:
         """The resource `name`, loading it on first use."""
         if name not in self._loaded:
+            started = time.monotonic()
             self._loaded[name] = self._registry.resources[name].factory()
+            took = time.monotonic() - started
+            log.info("loaded resource %s in %.2fs in process %d", name, took, os.getpid())
         return self._loaded[name]
 
     def warm_up(self) -> None:
