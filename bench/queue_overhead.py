@@ -248,7 +248,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
         names = list(PEERS) if args.peers == "all" else args.peers.split(",")
         for name in names:
             console.print(f"measuring {name} ...")
-            rows.append(Figures(**vars(run_peer(name, args.n, args.latency_seconds))))
+            # Like docqueue's: enqueue the backlog first (workers paused), then time its drain.
+            result = run_peer(name, args.n, args.latency_seconds, paused_enqueue=True)
+            rows.append(Figures(**vars(result)))
     if rows:
         print_drain(rows, args.n)
     sizes = [int(s) for s in args.claim_sizes.split(",")]

@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(default=600.0, ge=0)
     #: Most jobs a worker claims ahead of its free children; used only while jobs are short
     #: (see `short_job_seconds`), so a long job never waits behind another one.
-    prefetch: int = Field(default=16, ge=0)
-    #: Jobs that take less than this on average are short enough to be claimed ahead.
+    prefetch: int = Field(default=64, ge=0)
+    #: Jobs that take less than this on average are short enough to be claimed ahead, and a
+    #: worker holds about this much work per child ahead of time.
     short_job_seconds: float = Field(default=0.05, ge=0)
     #: Jobs a child runs before it is replaced by a fresh one; 0 means never.
     max_jobs_per_child: int = Field(default=1000, ge=0)

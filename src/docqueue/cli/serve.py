@@ -99,6 +99,9 @@ def serve(
     pool = None
     if workers:
         pool = WorkerProcess(settings, ["--concurrency", str(settings.concurrency)])
+    # uvicorn restores this handler and raises SIGTERM again once it has shut down: without it
+    # the process would die there, before the `finally` that stops the worker pool.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         # The API logs every request itself, with the job id; uvicorn's access log would repeat it.
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)

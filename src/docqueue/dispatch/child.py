@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -33,6 +34,10 @@ def child_main(
     # The supervisor decides when children stop; Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Math libraries (torch, numpy) start a thread per core in every child: share the cores out.
+    threads = max(1, (os.cpu_count() or 1) // settings.concurrency)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(variable, str(threads))
     configure_logging(settings)
     runner = Runner(builtin_registry(settings.imports), Storage(settings.resolved_storage_url))
     runner.resources.warm_up()

@@ -216,10 +216,14 @@ class Supervisor:
         """How many jobs to claim: one per idle child, plus the prefetch, less what is buffered.
 
         Claiming ahead amortises one transaction over many jobs, which only matters for short
-        jobs; for long ones it would hold a job back that another worker could start now.
+        jobs; the prefetch holds about `short_job_seconds` of work per child, so a job claimed
+        ahead never waits long, and long jobs are claimed one per free child.
         """
         idle = sum(1 for c in self.children if not c.busy)
-        prefetch = self.settings.prefetch if self._short_jobs() else 0
+        prefetch = 0
+        if self._short_jobs():
+            ahead = self.settings.concurrency * self.settings.short_job_seconds
+            prefetch = min(self.settings.prefetch, int(ahead / max(self.average_run, 1e-4)))
         if len(self.buffer) >= idle and len(self.buffer) > prefetch // 2:
             return 0  # enough in hand: refill in one batch when half of it is used
         return max(0, idle + prefetch - len(self.buffer))

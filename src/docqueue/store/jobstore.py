@@ -34,10 +34,9 @@ from docqueue.models import (
 )
 from docqueue.settings import Settings
 from docqueue.store.engine import make_engine, write_transaction
-from docqueue.store.reader import WAITING
 from docqueue.store.requests import JobRequests
 from docqueue.store.rows import job_from_row
-from docqueue.store.tables import jobs
+from docqueue.store.tables import WAITING, jobs, status_in
 from docqueue.store.writes import add_artifacts, add_event, add_events
 
 QUEUED, SCHEDULED, RUNNING = JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.RUNNING.value
@@ -165,7 +164,7 @@ class JobStore(JobRequests):
         """The first `room` claimable jobs of `queue`, read from ix_jobs_claim."""
         query = (
             select(jobs.c.id, jobs.c.priority, jobs.c.run_at)
-            .where(jobs.c.status.in_(WAITING), jobs.c.queue == queue, jobs.c.run_at <= now)
+            .where(status_in(*WAITING), jobs.c.queue == queue, jobs.c.run_at <= now)
             .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
             .limit(room)
         )
@@ -179,7 +178,7 @@ class JobStore(JobRequests):
             # Serialise claimers of a limited queue so two of them cannot both see room for one.
             conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"docqueue:{queue}"))))
         running = conn.execute(
-            select(func.count()).where(jobs.c.status == RUNNING, jobs.c.queue == queue)
+            select(func.count()).where(status_in(RUNNING), jobs.c.queue == queue)
         ).scalar_one()
         return min(limit, queue_limit - running)
 
@@ -391,7 +390,7 @@ class JobStore(JobRequests):
         with write_transaction(self.engine) as conn:
             expired = conn.execute(
                 select(jobs.c.id, jobs.c.attempt, jobs.c.worker_id)
-                .where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < now)
+                .where(status_in(RUNNING), jobs.c.lease_expires_at < now)
                 .limit(limit)
             ).all()
             for row in expired:

@@ -15,12 +15,7 @@ from docqueue.errors import InputError, NotFound
 from docqueue.models import Artifact, Job, JobEvent, JobState, QueueStats, utcnow
 from docqueue.store.engine import read_transaction
 from docqueue.store.rows import artifact_from_row, event_from_row, job_from_row
-from docqueue.store.tables import artifacts, job_events, jobs
-
-#: The states of jobs that wait to be claimed (scheduled ones once their time has come).
-WAITING = [JobState.QUEUED.value, JobState.SCHEDULED.value]
-#: The states a job never leaves on its own.
-FINISHED = [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value]
+from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
 
 
 @dataclass(frozen=True)
@@ -58,8 +53,9 @@ class JobReader:
     ) -> JobPage:
         """Jobs newest first, filtered; pass `next_cursor` back for the following page."""
         query = select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
+        if status is not None:
+            query = query.where(status_in(status.value))
         for column, value in (
-            (jobs.c.status, status.value if status else None),
             (jobs.c.operation, operation),
             (jobs.c.queue, queue),
             (jobs.c.batch_id, batch_id),
@@ -78,7 +74,7 @@ class JobReader:
         """The next due jobs of `queues` in the order a claim would take them."""
         query = (
             select(jobs)
-            .where(jobs.c.status.in_(WAITING), jobs.c.queue.in_(queues), jobs.c.run_at <= utcnow())
+            .where(status_in(*WAITING), jobs.c.queue.in_(queues), jobs.c.run_at <= utcnow())
             .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
             .limit(limit)
         )
@@ -125,7 +121,7 @@ class JobReader:
     def has_due(self, queues: Sequence[str], *, now: datetime | None = None) -> bool:
         """True when a claim on `queues` would find work: a cheap read that takes no write lock."""
         query = select(jobs.c.id).where(
-            jobs.c.status.in_(WAITING), jobs.c.queue.in_(queues), jobs.c.run_at <= (now or utcnow())
+            status_in(*WAITING), jobs.c.queue.in_(queues), jobs.c.run_at <= (now or utcnow())
         )
         with read_transaction(self.engine) as conn:
             return conn.execute(query.limit(1)).first() is not None
@@ -146,7 +142,7 @@ class JobReader:
             and_(jobs.c.priority == job.priority, jobs.c.run_at == job.run_at, jobs.c.id < job.id),
         )
         query = select(func.count()).where(
-            jobs.c.status.in_(WAITING), jobs.c.queue == job.queue, jobs.c.run_at <= utcnow(), ahead
+            status_in(*WAITING), jobs.c.queue == job.queue, jobs.c.run_at <= utcnow(), ahead
         )
         with read_transaction(self.engine) as conn:
             return int(conn.execute(query).scalar_one())
@@ -161,11 +157,13 @@ class JobReader:
                 )
             ).all()
             oldest = conn.execute(
-                select(func.min(jobs.c.run_at)).where(jobs.c.status == JobState.QUEUED.value)
+                select(func.min(jobs.c.run_at)).where(
+                    status_in(*WAITING), jobs.c.status == JobState.QUEUED.value
+                )
             ).scalar()
             recent = conn.execute(
                 select(func.count()).where(
-                    jobs.c.status.in_([s.value for s in JobState if s.finished]),
+                    status_in(*FINISHED),
                     jobs.c.finished_at >= now - timedelta(minutes=1),
                 )
             ).scalar_one()

@@ -13,9 +13,9 @@ from uuid_utils.compat import uuid7
 from docqueue.errors import Conflict, NotFound, QueueFull
 from docqueue.models import JSON, Artifact, Job, JobState, NewJob, utcnow
 from docqueue.store.engine import NOTIFY_CHANNEL, write_transaction
-from docqueue.store.reader import FINISHED, WAITING, JobReader
+from docqueue.store.reader import JobReader
 from docqueue.store.rows import job_from_row
-from docqueue.store.tables import artifacts, job_events, jobs
+from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
 from docqueue.store.writes import add_artifacts, add_event
 
 QUEUED, SCHEDULED, RUNNING = JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.RUNNING.value
@@ -107,7 +107,7 @@ class JobRequests(JobReader):
             return
         waiting = (
             select(jobs.c.id)
-            .where(jobs.c.queue == queue, jobs.c.status.in_(WAITING))
+            .where(jobs.c.queue == queue, status_in(*WAITING))
             .limit(self.max_queued)
             .subquery()
         )
@@ -189,7 +189,7 @@ class JobRequests(JobReader):
                 ids = list(
                     conn.execute(
                         select(jobs.c.id)
-                        .where(jobs.c.status.in_(FINISHED), jobs.c.finished_at < cutoff)
+                        .where(status_in(*FINISHED), jobs.c.finished_at < cutoff)
                         .limit(batch)
                     ).scalars()
                 )
