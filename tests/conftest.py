@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -72,9 +73,8 @@ def store(engine: Engine) -> JobStore:
     return JobStore(engine, retry_policy=RetryPolicy(base_delay=0.0, max_delay=0.0))
 
 
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    """Settings for a worker on the fresh store, with short leases and quick retries."""
+def quick_settings(database_url: str, tmp_path: Path, **extra: Any) -> Settings:
+    """Settings on a test's own store and files, with short leases and no retry backoff."""
     return Settings(
         home=tmp_path / "home",
         database_url=database_url,
@@ -84,4 +84,11 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         retry_max_delay=0.0,
         poll_interval=0.01,
         shutdown_grace=5.0,
+        **extra,
     )
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings for a worker on the fresh store, with short leases and quick retries."""
+    return quick_settings(database_url, tmp_path)

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from docqueue.api import create_app
 from docqueue.settings import Settings
 from docqueue.store import WorkerRegistry, make_engine, upgrade
+from tests.conftest import quick_settings
 from tests.e2e.workers import kill_tree, start_worker, wait_for
 
 SECRET = "cron-secret"
@@ -66,15 +67,9 @@ def api_settings(tmp_path: Path) -> Settings:
     engine = make_engine(url)
     upgrade(engine)
     engine.dispose()
-    return Settings(
-        home=tmp_path / "home",
-        database_url=url,
-        storage_url=(tmp_path / "files").as_uri(),
-        lease_seconds=3.0,
-        retry_base_delay=0.0,
-        retry_max_delay=0.0,
-        poll_interval=0.01,
-        shutdown_grace=5.0,
+    return quick_settings(
+        url,
+        tmp_path,
         imports=["tests.e2e.processors"],
         process_secret=SecretStr(SECRET),
         ready_worker_seconds=30.0,
