@@ -224,9 +224,11 @@ def _chunks_json(chunks: list[Chunk], vectors: list[list[float]] | None) -> list
 
 
 def _dump_json(path: Path, document: JSON) -> Path:
-    """Write `document` to `path` as UTF-8 JSON and return the path."""
-    with path.open("w", encoding="utf-8") as file:
-        json.dump(document, file, ensure_ascii=False, separators=(",", ":"))
+    """Write `document` to `path` as UTF-8 JSON and return the path.
+
+    `json.dumps` uses the C encoder; `json.dump` to a file goes through the pure-Python one.
+    """
+    path.write_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")), "utf-8")
     return path
 
 
