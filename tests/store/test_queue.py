@@ -284,3 +284,14 @@ def test_timeline_and_stats(store: JobStore) -> None:
     assert [e.type for e in store.events(job.id)] == ["queued", "running", "progress", "succeeded"]
     stats = store.stats()
     assert stats.counts == {"q": {"succeeded": 1}} and stats.finished_last_minute == 1
+
+
+def test_position_counts_jobs_ahead_up_to_a_bound(store: JobStore) -> None:
+    """Position follows priority and age, and stops counting at the bound given."""
+    made = [store.enqueue(NewJob("noop"))[0] for _ in range(5)]
+    urgent, _ = store.enqueue(NewJob("noop", priority=Priority.HIGH))
+    assert store.position(urgent) == 0
+    assert [store.position(job) for job in made] == [1, 2, 3, 4, 5]
+    assert store.position(made[-1], most=3) == 3
+    claimed = claim(store, 1)[0]
+    assert store.position(store.get(claimed.id)) is None

@@ -90,6 +90,7 @@ class JobOut(BaseModel):
     attempt: int
     max_attempts: int
     #: Jobs of the same queue that will be claimed before this one (waiting jobs only; not in lists).
+    #: Waiting jobs of the same queue that will start before this one, counted up to 1,000.
     position: int | None = None
     progress: float | None = None
     progress_message: str | None = None

@@ -17,6 +17,9 @@ from docqueue.store.engine import read_transaction
 from docqueue.store.rows import artifact_from_row, event_from_row, job_from_row
 from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
 
+#: Positions in a queue are counted up to this; a deeper queue reports this number.
+POSITION_LIMIT = 1000
+
 
 @dataclass(frozen=True)
 class JobPage:
@@ -132,8 +135,12 @@ class JobReader:
             query = select(artifacts.c.id).where(artifacts.c.sha256 == sha256).limit(1)
             return conn.execute(query).first() is not None
 
-    def position(self, job: Job) -> int | None:
-        """How many queued jobs of the same queue will be claimed before `job` (None if not queued)."""
+    def position(self, job: Job, *, most: int = POSITION_LIMIT) -> int | None:
+        """How many waiting jobs of its queue will be claimed before `job`, counted up to `most`.
+
+        None when the job is not waiting. The count stops at `most` so that answering a
+        submission costs the same however deep the queue is.
+        """
         if job.status.value not in WAITING:
             return None
         ahead = or_(
@@ -141,9 +148,13 @@ class JobReader:
             and_(jobs.c.priority == job.priority, jobs.c.run_at < job.run_at),
             and_(jobs.c.priority == job.priority, jobs.c.run_at == job.run_at, jobs.c.id < job.id),
         )
-        query = select(func.count()).where(
-            status_in(*WAITING), jobs.c.queue == job.queue, jobs.c.run_at <= utcnow(), ahead
+        ahead_ids = (
+            select(jobs.c.id)
+            .where(status_in(*WAITING), jobs.c.queue == job.queue, jobs.c.run_at <= utcnow(), ahead)
+            .limit(most)
+            .subquery()
         )
+        query = select(func.count()).select_from(ahead_ids)
         with read_transaction(self.engine) as conn:
             return int(conn.execute(query).scalar_one())
 
