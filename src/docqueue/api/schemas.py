@@ -89,8 +89,8 @@ class JobOut(BaseModel):
     params: JSON
     attempt: int
     max_attempts: int
-    #: Jobs of the same queue that will be claimed before this one (waiting jobs only; not in lists).
-    #: Waiting jobs of the same queue that will start before this one, counted up to 1,000.
+    #: Waiting jobs of the same queue that will start before this one, counted up to 1,000
+    #: (waiting jobs only; not filled in lists).
     position: int | None = None
     progress: float | None = None
     progress_message: str | None = None
