@@ -79,7 +79,7 @@ class DocumentQueueService:
         name: str | None = None,
     ) -> Job:
         """Queue `operation` on `document` (a path, bytes, or None for operations without a file)."""
-        self.registry.validate(operation, params or {})
+        self.registry.validate(operation, params or {})  # refuse bad params before storing
         inputs = () if document is None else (self.store_document(document, name),)
         job, _created = self.submit(
             operation,

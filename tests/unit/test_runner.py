@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,9 +48,23 @@ def test_failures_become_outcomes(store: JobStore, tmp_path: Path) -> None:
 
 
 def test_lease_is_renewed_while_the_job_runs(store: JobStore, tmp_path: Path) -> None:
-    """A job longer than its lease keeps it by heartbeat: the reaper finds nothing to take."""
+    """A job longer than its lease keeps it by heartbeat while a reaper runs beside it."""
     job, _ = store.enqueue(NewJob("noop", {"sleep_ms": 1500}))
-    state = run_job_id(store, make_runner(tmp_path), job.id, "w", lease_seconds=0.6)
+    done = threading.Event()
+    reaped: list[int] = []
+
+    def reaper() -> None:  # what every worker runs: without renewals it would take the job
+        while not done.wait(0.1):
+            reaped.append(store.reap_expired())
+
+    thread = threading.Thread(target=reaper)
+    thread.start()
+    try:
+        state = run_job_id(store, make_runner(tmp_path), job.id, "w", lease_seconds=0.6)
+    finally:
+        done.set()
+        thread.join()
+    assert len(reaped) >= 10 and sum(reaped) == 0
     assert state == JobState.SUCCEEDED
     assert "retry_scheduled" not in [e.type for e in store.events(job.id)]
 
