@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from docqueue.dispatch.child import Task
 from docqueue.dispatch.pool import ChildHandle, Pending, Timers
+from docqueue.dispatch.writer import StoreWriter
 from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import Registry, builtin_registry
 from docqueue.runner import forget_files
@@ -64,6 +65,7 @@ class Supervisor:
         #: Moving average of job run time, which decides whether to claim ahead and in chunks.
         self.average_run = settings.short_job_seconds * 2
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
+        self.writer = StoreWriter(self.store, settings, self.worker_id, self._takes_file)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -136,11 +138,17 @@ class Supervisor:
         """True when nothing is buffered and the store has no due job for this worker."""
         if self.buffer or self.timers.last_claim_full or self.pending.completions:
             return False
+        if self.writer.busy:
+            return False
         return not self.store.has_due(self.settings.queues)
 
     def _shutdown(self) -> None:
         """Give back what is not finished, stop the children, say goodbye in the store."""
         self.stopping = True
+        try:
+            self._collect(block=True)  # jobs it claimed are given back below
+        except DBAPIError as exc:
+            log.error("the last commit failed: %s", exc)
         for child in self.children:
             if child.busy:
                 child.kill()
@@ -148,9 +156,10 @@ class Supervisor:
         self.pending.release += [(job.id, job.attempt) for job, _ in self.buffer]
         self.buffer.clear()
         try:
-            self._write()
+            self._write(block=True)
         except DBAPIError as exc:  # the leases will expire and the reaper will take the jobs back
             log.error("could not record the last outcomes or give jobs back: %s", exc)
+        self.writer.close()
         for child in self.children:
             child.stop()
         self.workers.stop(self.worker_id)
@@ -171,8 +180,10 @@ class Supervisor:
 
     # -- claiming and writing ----------------------------------------------------------------
 
-    def _write(self) -> None:
-        """Write gathered progress, outcomes and releases, and claim more, in few transactions."""
+    def _write(self, *, block: bool = False) -> None:
+        """Collect the commit in flight; write gathered progress and releases; start the next
+        commit of outcomes and claims when one is due (and, with `block`, wait for it)."""
+        self._collect(block=block)
         if self.pending.progress:
             self.store.report_progress(self.pending.progress)
             self.pending.progress = []
@@ -180,33 +191,37 @@ class Supervisor:
             released = self.store.release(self.pending.release)
             log.info("gave %d unstarted or unfinished jobs back to the queue", released)
             self.pending.release = []
+        if self.writer.busy:
+            return
         want = 0 if self.stopping else self._want()
         if want and not self.pending.completions and not self._claim_due():
             want = 0
         if not want and not self._flush_due():
             return
-        completions = self.pending.completions
-        states, jobs = self.store.complete_and_claim(
-            completions,
-            self.worker_id,
-            self.settings.queues,
-            want,
-            lease_seconds=self.settings.lease_seconds,
-            queue_limits=self.settings.queue_limits,
-        )
-        self.pending.completions = []
+        completions, self.pending.completions = self.pending.completions, []
+        self.writer.start(completions, want)
+        if block:
+            self._collect(block=True)
+
+    def _collect(self, *, block: bool = False) -> None:
+        """Take in what the last commit did: log dropped outcomes, buffer the jobs it claimed."""
+        try:
+            written = self.writer.collect(block=block)
+        except DBAPIError:
+            self.pending.completions[:0] = self.writer.take_back()
+            raise
+        if written is None:
+            return
         self.store_failures = 0
-        for completion, state in zip(completions, states, strict=True):
+        for completion, state in zip(written.completions, written.states, strict=True):
             if state is None:
                 log.info(
                     "job %s no longer held by this attempt; outcome dropped", completion.job_id
                 )
-        if want:
-            self.timers.last_claim_full = len(jobs) == want
+        if written.wanted:
+            self.timers.last_claim_full = len(written.jobs) == written.wanted
             self.timers.poll = time.monotonic() + self._idle_poll()
-            with_files = [j.id for j in jobs if self._takes_file(j.operation)]
-            inputs = self.store.inputs(with_files)
-            self.buffer.extend((job, inputs.get(job.id, [])) for job in jobs)
+            self.buffer.extend((job, written.inputs.get(job.id, [])) for job in written.jobs)
 
     def _short_jobs(self) -> bool:
         """True while jobs take less than `short_job_seconds` on average."""
@@ -283,6 +298,7 @@ class Supervisor:
     def _wait(self, busy: list[ChildHandle]) -> None:
         """Sleep until a child reports, a child dies, a job is queued, or a timer is due."""
         objects: list[Any] = [c.conn for c in busy] + [c.process.sentinel for c in self.children]
+        objects.append(self.writer.wakeup)  # a commit finished: the next _step collects it
         if self.listener is not None and not self.stopping and self.listener.connected():
             objects.append(self.listener)
         for ready in wait(objects, self._sleep(busy)):
@@ -300,12 +316,14 @@ class Supervisor:
         """Seconds until the next timer that needs the loop (at most half a second)."""
         now = time.monotonic()
         wake = [self.timers.heartbeat, self.timers.reap, now + 0.5]
-        if self.pending.completions:
-            wake.append(self.timers.flush_by)
         wake += [c.kill_at for c in busy if c.kill_at is not None]
         if self.stopping:
             wake.append(self.timers.stop_by or now)
-        elif any(not c.busy for c in self.children):
+        if self.writer.busy:  # its wakeup ends the wait; nothing can be written before that
+            return max(0.0, min(wake) - now)
+        if self.pending.completions:
+            wake.append(self.timers.flush_by)
+        if not self.stopping and any(not c.busy for c in self.children):
             wake.append(self.timers.poll)
         return max(0.0, min(wake) - now)
 

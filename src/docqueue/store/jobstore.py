@@ -9,23 +9,15 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
-    JSON as JSON_TYPE,
-)
-from sqlalchemy import (
     Connection,
     Engine,
-    Text,
-    Uuid,
     and_,
     bindparam,
     case,
-    cast,
-    column,
     func,
     literal,
     select,
     update,
-    values,
 )
 
 from docqueue.models import (
@@ -42,6 +34,7 @@ from docqueue.models import (
     utcnow,
 )
 from docqueue.settings import Settings
+from docqueue.store import pgbatch
 from docqueue.store.engine import make_engine, write_transaction
 from docqueue.store.requests import JobRequests
 from docqueue.store.rows import job_from_row
@@ -52,7 +45,7 @@ QUEUED, SCHEDULED, RUNNING = JobState.QUEUED.value, JobState.SCHEDULED.value, Jo
 Held = tuple[UUID, int]
 
 
-#: Success of one held attempt, run as an executemany over a batch of completions.
+#: Success of one held attempt on SQLite, run as an executemany over a batch of completions.
 SUCCEED = (
     update(jobs)
     .where(
@@ -74,6 +67,11 @@ def _result(completion: Completion) -> JSON:
     """The result of a successful completion."""
     assert isinstance(completion.outcome, Succeeded)
     return completion.outcome.result
+
+
+def _claim_order(rows: Sequence[Any]) -> list[Job]:
+    """Leased rows as jobs, highest priority first, then oldest."""
+    return sorted((job_from_row(row) for row in rows), key=lambda j: (-j.priority, j.run_at))
 
 
 def _artifacts(completion: Completion) -> tuple[Artifact, ...]:
@@ -151,14 +149,12 @@ class JobStore(JobRequests):
             states = self._complete_all(conn, completions, now)
             if limit <= 0:
                 return states, []
-            candidates: list[Any] = []
+            rooms = {}
             for queue in queues:
                 room = self._room(conn, queue, limit, (queue_limits or {}).get(queue))
                 if room > 0:
-                    candidates.extend(conn.execute(self._head(queue, room, now)).all())
-            candidates.sort(key=lambda row: (-row.priority, row.run_at, row.id))
-            ids = [row.id for row in candidates[:limit]]
-            return states, self._lease(conn, ids, worker_id, lease_seconds, now)
+                    rooms[queue] = room
+            return states, self._claim_from(conn, rooms, limit, worker_id, lease_seconds, now)
 
     def claim_job(
         self, job_id: UUID, worker_id: str, *, lease_seconds: float, now: datetime | None = None
@@ -191,12 +187,35 @@ class JobStore(JobRequests):
         ).scalar_one()
         return min(limit, queue_limit - running)
 
+    def _claim_from(
+        self,
+        conn: Connection,
+        rooms: dict[str, int],
+        limit: int,
+        worker_id: str,
+        lease_seconds: float,
+        now: datetime,
+    ) -> list[Job]:
+        """Lease up to `limit` jobs, at most `rooms[queue]` from each queue, best first."""
+        if self.is_postgres and len(rooms) == 1:  # the usual case: one statement in all
+            [(queue, room)] = rooms.items()
+            rows = pgbatch.lease(conn, worker_id, lease_seconds, now, queue=queue, room=room)
+            return _claim_order(rows)
+        candidates: list[Any] = []
+        for queue, room in rooms.items():
+            candidates.extend(conn.execute(self._head(queue, room, now)).all())
+        candidates.sort(key=lambda row: (-row.priority, row.run_at, row.id))
+        ids = [row.id for row in candidates[:limit]]
+        return self._lease(conn, ids, worker_id, lease_seconds, now)
+
     def _lease(
         self, conn: Connection, ids: list[UUID], worker_id: str, lease_seconds: float, now: datetime
     ) -> list[Job]:
-        """Move the given queued jobs to running under a lease, counting the attempt."""
+        """Move the given waiting jobs to running under a lease, counting the attempt."""
         if not ids:
             return []
+        if self.is_postgres:
+            return _claim_order(pgbatch.lease(conn, worker_id, lease_seconds, now, ids=ids))
         rows = conn.execute(
             update(jobs)
             .where(jobs.c.id.in_(ids), jobs.c.status.in_(WAITING), jobs.c.run_at <= now)
@@ -211,7 +230,7 @@ class JobStore(JobRequests):
             )
             .returning(*jobs.c)
         ).all()
-        leased = sorted((job_from_row(row) for row in rows), key=lambda j: (-j.priority, j.run_at))
+        leased = _claim_order(rows)
         add_events(
             conn,
             [(j.id, "running", {"worker_id": worker_id, "attempt": j.attempt}) for j in leased],
@@ -282,9 +301,9 @@ class JobStore(JobRequests):
         done: dict[Held, JobState | None] = {}
         wins = [c for c in completions if isinstance(c.outcome, Succeeded)]
         if wins:
-            held = self._still_held(conn, [(c.job_id, c.attempt) for c in wins])
-            ours = [c for c in wins if (c.job_id, c.attempt) in held]
-            self._succeed(conn, ours, now)
+            ours = self._succeed(conn, wins, now)
+            for c in ours:
+                add_artifacts(conn, c.job_id, _artifacts(c), now)
             done.update({(c.job_id, c.attempt): None for c in wins})
             done.update({(c.job_id, c.attempt): JobState.SUCCEEDED for c in ours})
         for c in completions:
@@ -292,49 +311,34 @@ class JobStore(JobRequests):
                 done[(c.job_id, c.attempt)] = self._complete_one(conn, c, now)
         return [done[(c.job_id, c.attempt)] for c in completions]
 
-    def _still_held(self, conn: Connection, pairs: Sequence[Held]) -> set[Held]:
-        """Which (job, attempt) pairs still run; on PostgreSQL their rows stay locked until commit."""
-        query = select(jobs.c.id, jobs.c.attempt).where(
-            jobs.c.id.in_([job_id for job_id, _ in pairs]), jobs.c.status == RUNNING
+    def _succeed(
+        self, conn: Connection, wins: Sequence[Completion], now: datetime
+    ) -> list[Completion]:
+        """Mark the successes whose attempt still holds its job, with their timeline entries;
+        those are returned."""
+        if self.is_postgres:
+            batch = [(c.job_id, c.attempt, json.dumps(_result(c))) for c in wins]
+            held = pgbatch.succeed(conn, batch, now)
+            return [c for c in wins if (c.job_id, c.attempt) in held]
+        # SQLite runs in-process: statements cost no round trips, so plain ones serve.
+        running = conn.execute(
+            select(jobs.c.id, jobs.c.attempt).where(
+                jobs.c.id.in_([c.job_id for c in wins]), status_in(RUNNING)
+            )
         )
-        if self.is_postgres:
-            query = query.with_for_update()
-        running = {(row.id, row.attempt) for row in conn.execute(query)}
-        return {pair for pair in pairs if pair in running}
-
-    def _succeed(self, conn: Connection, wins: Sequence[Completion], now: datetime) -> None:
-        """Mark held jobs succeeded with one executemany, then their artifacts and events."""
-        if not wins:
-            return
-        if self.is_postgres:
-            # One statement for the batch: an executemany would still be one UPDATE per job
-            # travelling to the server. The rows are already checked and locked (_still_held).
-            done = values(column("id", Uuid()), column("result", Text()), name="done").data(
-                [(c.job_id, json.dumps(_result(c))) for c in wins]
-            )
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == done.c.id, status_in(RUNNING))
-                .values(
-                    status=JobState.SUCCEEDED.value,
-                    result=cast(done.c.result, JSON_TYPE),
-                    progress=1.0,
-                    lease_expires_at=None,
-                    finished_at=now,
-                )
-            )
-        else:  # SQLite runs in-process: an executemany costs no round trips
+        held = {(row.id, row.attempt) for row in running}
+        ours = [c for c in wins if (c.job_id, c.attempt) in held]
+        if ours:
             conn.execute(
                 SUCCEED,
                 [
                     {"b_id": c.job_id, "b_attempt": c.attempt, "b_result": _result(c), "b_now": now}
-                    for c in wins
+                    for c in ours
                 ],
             )
-        for c in wins:
-            add_artifacts(conn, c.job_id, _artifacts(c), now)
-        entries = [(c.job_id, JobState.SUCCEEDED.value, {"attempt": c.attempt}) for c in wins]
-        add_events(conn, entries, now)
+            entries = [(c.job_id, JobState.SUCCEEDED.value, {"attempt": c.attempt}) for c in ours]
+            add_events(conn, entries, now)
+        return ours
 
     def _running(self, job_id: UUID, attempt: int) -> Any:
         """An UPDATE that only touches the job while `attempt` still runs it (the fence)."""
