@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
+
 import pytest
 
 from docqueue.errors import InputError
 from docqueue.processors.chunking import chunk_text, join_pages
-from docqueue.processors.cleaning import clean_lines, remove_repeating_edges
+from docqueue.processors.cleaning import _TO_SPACE, clean_lines, remove_repeating_edges
 from docqueue.processors.pdf import parse_page_ranges, parse_pdf_date, select_pages
 
 
@@ -26,6 +29,15 @@ def test_clean_lines_normalises_what_pdfium_gives() -> None:
         "",
         "fine softhyphen 1",
     ]
+
+
+def test_every_blank_and_control_character_becomes_one_space() -> None:
+    def blank(char: str) -> bool:
+        return (char.isspace() and char != "\n") or unicodedata.category(char) == "Cc"
+
+    expected = {code for code in range(sys.maxunicode + 1) if blank(chr(code))} - {10, 32}
+    assert set(_TO_SPACE) == expected
+    assert clean_lines("a\x01\x85b \u3000 c\u2028d\t\t e\x0b") == ["a b c d e"]
 
 
 def test_a_hyphen_before_a_number_or_capital_stays() -> None:

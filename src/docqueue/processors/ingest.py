@@ -8,7 +8,6 @@ artifact `document.json`; the plain text is `text.txt` (pages separated by a bla
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -215,8 +214,13 @@ def _chunks_json(chunks: list[Chunk], vectors: list[list[float]] | None) -> list
     """Chunks as JSON, each with its embedding when there are embeddings."""
     rows: list[JSON] = []
     for chunk in chunks:
-        row: dict[str, Any] = asdict(chunk)
-        row["pages"] = list(chunk.pages)
+        row: dict[str, Any] = {
+            "index": chunk.index,
+            "text": chunk.text,
+            "start": chunk.start,
+            "end": chunk.end,
+            "pages": list(chunk.pages),
+        }
         if vectors is not None:
             row["embedding"] = vectors[chunk.index]
         rows.append(row)
