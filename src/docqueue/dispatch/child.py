@@ -60,12 +60,14 @@ def run_task(
 ) -> tuple[UUID, int, Outcome]:
     """Run one job, sending its progress back; return its outcome."""
     job, inputs = task
-    last_report = 0.0
+    # A job shorter than the interval reports nothing: its completion says it all, and every
+    # report is a write to the store.
+    last_report = time.monotonic()
 
     def progress(fraction: float, message: str | None) -> None:
         nonlocal last_report
         now = time.monotonic()
-        if fraction >= 1.0 or now - last_report >= PROGRESS_INTERVAL:
+        if now - last_report >= PROGRESS_INTERVAL:
             last_report = now
             conn.send(("progress", job.id, job.attempt, fraction, message))
 

@@ -185,7 +185,9 @@ class Supervisor:
         commit of outcomes and claims when one is due (and, with `block`, wait for it)."""
         self._collect(block=block)
         if self.pending.progress:
-            self.store.report_progress(self.pending.progress)
+            # Only the latest report of each attempt is worth a write.
+            latest = {(update[0], update[1]): update for update in self.pending.progress}
+            self.store.report_progress(list(latest.values()))
             self.pending.progress = []
         if self.pending.release:
             released = self.store.release(self.pending.release)

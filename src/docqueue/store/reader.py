@@ -9,16 +9,53 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select
+from sqlalchemy import Connection, Engine, SmallInteger, and_, bindparam, func, or_, select
 
 from docqueue.errors import InputError, NotFound
 from docqueue.models import Artifact, Job, JobEvent, JobState, QueueStats, utcnow
 from docqueue.store.engine import read_transaction
 from docqueue.store.rows import artifact_from_row, event_from_row, job_from_row
-from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
+from docqueue.store.tables import (
+    FINISHED,
+    WAITING,
+    UTCDateTime,
+    artifacts,
+    job_events,
+    jobs,
+    status_in,
+)
 
 #: Positions in a queue are counted up to this; a deeper queue reports this number.
 POSITION_LIMIT = 1000
+
+
+def _position_query() -> Any:
+    """Waiting jobs of a queue claimed before a given one (bound: queue, priority, run_at, id,
+    now), counted up to `most`; built once, since every submission asks."""
+    priority, run_at = (
+        bindparam("priority", type_=SmallInteger()),
+        bindparam("run_at", type_=UTCDateTime()),
+    )
+    ahead = or_(
+        jobs.c.priority > priority,
+        and_(jobs.c.priority == priority, jobs.c.run_at < run_at),
+        and_(jobs.c.priority == priority, jobs.c.run_at == run_at, jobs.c.id < bindparam("id")),
+    )
+    ahead_ids = (
+        select(jobs.c.id)
+        .where(
+            status_in(*WAITING),
+            jobs.c.queue == bindparam("queue"),
+            jobs.c.run_at <= bindparam("now", type_=UTCDateTime()),
+            ahead,
+        )
+        .limit(bindparam("most"))
+        .subquery()
+    )
+    return select(func.count()).select_from(ahead_ids)
+
+
+POSITION = _position_query()
 
 
 @dataclass(frozen=True)
@@ -143,20 +180,20 @@ class JobReader:
         """
         if job.status.value not in WAITING:
             return None
-        ahead = or_(
-            jobs.c.priority > job.priority,
-            and_(jobs.c.priority == job.priority, jobs.c.run_at < job.run_at),
-            and_(jobs.c.priority == job.priority, jobs.c.run_at == job.run_at, jobs.c.id < job.id),
-        )
-        ahead_ids = (
-            select(jobs.c.id)
-            .where(status_in(*WAITING), jobs.c.queue == job.queue, jobs.c.run_at <= utcnow(), ahead)
-            .limit(most)
-            .subquery()
-        )
-        query = select(func.count()).select_from(ahead_ids)
         with read_transaction(self.engine) as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(
+                conn.execute(
+                    POSITION,
+                    {
+                        "queue": job.queue,
+                        "priority": job.priority,
+                        "run_at": job.run_at,
+                        "id": job.id,
+                        "now": utcnow(),
+                        "most": most,
+                    },
+                ).scalar_one()
+            )
 
     def stats(self, *, now: datetime | None = None) -> QueueStats:
         """Counts per queue and state, the age of the oldest queued job, jobs finished in a minute."""

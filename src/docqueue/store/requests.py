@@ -19,6 +19,8 @@ from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs
 from docqueue.store.writes import add_artifacts, add_event
 
 QUEUED, SCHEDULED, RUNNING = JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.RUNNING.value
+#: Built once, as the statements of every submission are (see writes.py).
+INSERT_JOB = insert(jobs).returning(*jobs.c)
 
 
 class JobRequests(JobReader):
@@ -66,26 +68,23 @@ class JobRequests(JobReader):
         """One INSERT of the job, its queued event and its input artifacts."""
         run_at = new.run_at or now
         status = SCHEDULED if run_at > now else QUEUED
-        row = conn.execute(
-            insert(jobs)
-            .values(
-                id=uuid7(),
-                operation=new.operation,
-                queue=new.queue,
-                params=new.params,
-                status=status,
-                priority=int(new.priority),
-                attempt=0,
-                max_attempts=new.max_attempts or self.default_max_attempts,
-                timeout=new.timeout,
-                run_at=run_at,
-                idempotency_key=new.idempotency_key,
-                batch_id=new.batch_id,
-                owner=new.owner,
-                created_at=now,
-            )
-            .returning(*jobs.c)
-        ).one()
+        values = {
+            "id": uuid7(),
+            "operation": new.operation,
+            "queue": new.queue,
+            "params": new.params,
+            "status": status,
+            "priority": int(new.priority),
+            "attempt": 0,
+            "max_attempts": new.max_attempts or self.default_max_attempts,
+            "timeout": new.timeout,
+            "run_at": run_at,
+            "idempotency_key": new.idempotency_key,
+            "batch_id": new.batch_id,
+            "owner": new.owner,
+            "created_at": now,
+        }
+        row = conn.execute(INSERT_JOB, values).one()
         job = job_from_row(row)
         data: JSON = {"queue": job.queue, "priority": job.priority}
         if status == SCHEDULED:

@@ -11,18 +11,21 @@ from sqlalchemy import Connection, insert
 from docqueue.models import JSON, Artifact
 from docqueue.store.tables import artifacts, job_events
 
+#: Built once: a statement made per call costs more to build and look up than to run.
+INSERT_EVENT = insert(job_events)
+INSERT_ARTIFACT = insert(artifacts)
+
 
 def add_event(conn: Connection, job_id: UUID, type_: str, at: datetime, data: JSON) -> None:
     """Append one entry to a job's timeline."""
-    conn.execute(insert(job_events).values(job_id=job_id, type=type_, at=at, data=data))
+    conn.execute(INSERT_EVENT, {"job_id": job_id, "type": type_, "at": at, "data": data})
 
 
 def add_events(conn: Connection, entries: Sequence[tuple[UUID, str, JSON]], at: datetime) -> None:
     """Append several timeline entries with one statement."""
     if entries:
         conn.execute(
-            insert(job_events),
-            [{"job_id": j, "type": t, "at": at, "data": d} for j, t, d in entries],
+            INSERT_EVENT, [{"job_id": j, "type": t, "at": at, "data": d} for j, t, d in entries]
         )
 
 
@@ -30,7 +33,7 @@ def add_artifacts(conn: Connection, job_id: UUID, items: Sequence[Artifact], now
     """Rows for the files a job read or wrote."""
     if items:
         conn.execute(
-            insert(artifacts),
+            INSERT_ARTIFACT,
             [
                 {
                     "job_id": job_id,
