@@ -8,6 +8,7 @@ import pytest
 
 from docqueue.errors import Conflict, NotFound, QueueFull
 from docqueue.models import (
+    Artifact,
     Cancelled,
     Completion,
     ErrorInfo,
@@ -117,6 +118,32 @@ def test_expired_lease_is_reaped_and_fenced(store: JobStore) -> None:
         JobState.SUCCEEDED
     ]
     assert store.get(job.id).result == {"by": "w1"}
+
+
+def test_a_batch_of_successes_fences_each_attempt_and_keeps_each_result(store: JobStore) -> None:
+    """One completion call with a stale attempt among held ones: only the held ones succeed,
+    each with its own result, artifacts and timeline entry; the stale one changes nothing."""
+    ids = [store.enqueue(NewJob("noop", params={"n": n}))[0].id for n in range(3)]
+    now = utcnow()
+    first = {job.id: job for job in store.claim("w1", ["default"], 3, lease_seconds=1, now=now)}
+    later = now + timedelta(seconds=2)
+    store.heartbeat(
+        "w1", [(i, first[i].attempt) for i in (ids[0], ids[2])], lease_seconds=LEASE, now=now
+    )
+    assert store.reap_expired(now=later) == 1  # ids[1]'s lease ran out
+    again = store.claim("w2", ["default"], 1, lease_seconds=LEASE, now=later)[0]
+    assert again.id == ids[1] and again.attempt == 2
+    output = Artifact("a" * 64, 3, "text/plain", "out.txt", "output")
+    batch = [
+        Completion(i, first[i].attempt, Succeeded({"n": n}, (output,))) for n, i in enumerate(ids)
+    ]
+    assert store.complete(batch) == [JobState.SUCCEEDED, None, JobState.SUCCEEDED]
+    assert [store.get(i).result for i in ids] == [{"n": 0}, None, {"n": 2}]
+    assert store.get(ids[1]).status == JobState.RUNNING and store.get(ids[1]).worker_id == "w2"
+    assert [len(store.artifacts(i)) for i in ids] == [1, 0, 1]
+    succeeded = [[e for e in store.events(i) if e.type == "succeeded"] for i in ids]
+    assert [len(events) for events in succeeded] == [1, 0, 1]
+    assert succeeded[0][0].data == {"attempt": first[ids[0]].attempt}
 
 
 def test_heartbeat_renews_and_reports_lost_jobs(store: JobStore) -> None:

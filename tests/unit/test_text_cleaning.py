@@ -42,6 +42,9 @@ def test_every_blank_and_control_character_becomes_one_space() -> None:
 
 def test_a_hyphen_before_a_number_or_capital_stays() -> None:
     assert clean_lines("pages 10-\n12 and Jean-\nPaul") == ["pages 10-", "12 and Jean-", "Paul"]
+    # A hyphen after a digit (or at the very start) is no split word, whatever follows.
+    assert clean_lines("route 66-\nbis") == ["route 66-", "bis"]
+    assert clean_lines("-\nbis") == ["-", "bis"]
 
 
 def test_page_numbers_in_many_shapes_are_footers() -> None:

@@ -18,7 +18,9 @@ from sqlalchemy import Connection, Row, text
 from docqueue.store.tables import jobs
 
 #: Successes of held attempts: the fence (same attempt, still running) is part of the UPDATE,
-#: which PostgreSQL re-checks on a row that another transaction changed meanwhile.
+#: which PostgreSQL re-checks on a row that another transaction changed meanwhile. The ids are
+#: also given as an array (`= ANY`), as in LEASE, so the plan can look them up by primary key
+#: rather than only join them to every running job.
 SUCCEED = text("""
 WITH done AS (
     UPDATE jobs
