@@ -1,11 +1,12 @@
 """API accept rate: submissions/s and latency of POST /v1/jobs while the workers are busy.
 
     python bench/api_accept.py [--small 5000] [--rate 500] [--uploads 300] [--concurrency 16]
-                               [--load-processes 2] [--depth 2000] [--sleep-ms 5] [--quick]
+                               [--load-processes 2] [--depth 2000] [--sleep-ms 5]
+                               [--api-processes 1] [--quick]
 
 In one run, on this machine:
 1. `docqueue serve --concurrency 2` starts as a real process on a fresh home (SQLite, files on
-   disk); the clock starts once /readyz answers.
+   disk), with --api-processes processes answering HTTP; the clock starts once /readyz answers.
 2. The workers are kept busy: `noop` jobs that sleep --sleep-ms each go straight into the store
    (up to 1,000 per transaction), and a thread of this script tops them up every 0.25 s so that
    about --depth jobs wait throughout; both worker children run jobs all along and the
@@ -148,8 +149,11 @@ def main() -> None:
     args = parse_args()
     pdf = upload_pdf(args.pdf_mb)
     with tempfile.TemporaryDirectory(prefix="docqueue-bench-") as tmp:
-        console.print("starting docqueue serve --concurrency 2 ...")
-        with running_server(Path(tmp)) as server:
+        console.print(
+            f"starting docqueue serve --concurrency 2, {args.api_processes} API process(es)"
+        )
+        env = {"DOCQUEUE_API_PROCESSES": str(args.api_processes)}
+        with running_server(Path(tmp), env=env) as server:
             store = JobStore.from_url(f"sqlite:///{(server.home / 'docqueue.db').resolve()}")
             console.print(f"queueing {args.depth:,} noop jobs of {args.sleep_ms} ms ...")
             backlog = Backlog(store, args.depth, args.sleep_ms)
@@ -191,6 +195,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--load-processes", type=int, default=2, help="load generator processes")
     parser.add_argument("--depth", type=int, default=2000, help="sleeping noop jobs kept queued")
     parser.add_argument("--sleep-ms", type=int, default=5, help="sleep of each backlog job")
+    parser.add_argument("--api-processes", type=int, default=1, help="serve's API processes")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args()
     if args.quick:  # smaller sizes, unless given on the command line
@@ -253,7 +258,7 @@ def measure(name: str, spec: LoadSpec, server: Server, store: JobStore, size: in
 
     def snapshot() -> dict[str, float]:
         return {
-            "server": cpu_seconds([server.pid]),
+            "server": cpu_seconds(server.api_pids()),
             "worker": cpu_seconds(descendants(server.worker_pid())),
             "bench": sum(os.times()[:2]),  # this process: timing, stats queries
             "machine": machine_busy_seconds(),

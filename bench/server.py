@@ -55,6 +55,11 @@ class Server:
                 return pid
         raise LookupError(f"serve (pid {self.pid}) has no worker child; see {self.log_path}")
 
+    def api_pids(self) -> list[int]:
+        """The serve process and its API processes (when it runs several): all but the worker."""
+        worker = set(descendants(self.worker_pid()))
+        return [pid for pid in descendants(self.pid) if pid not in worker]
+
     def job_children(self) -> list[int]:
         """The pids of the worker's job-running children (forked by its forkserver)."""
         for pid in children(self.worker_pid()):

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     ready_worker_seconds: float = Field(default=60.0, ge=0)
     #: Threads that run the API's blocking endpoints (uploads, long-polls, store reads).
     api_threads: int = Field(default=100, ge=1)
+    #: Processes that answer HTTP under `docqueue serve`: one is bound by Python's interpreter
+    #: lock to about one core; more share the port and spread submissions over the cores.
+    api_processes: int = Field(default=1, ge=1)
 
     #: Log format: `plain` for people, `json` for log collectors.
     log_format: Literal["plain", "json"] = "plain"

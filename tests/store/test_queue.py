@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -322,3 +323,38 @@ def test_position_counts_jobs_ahead_up_to_a_bound(store: JobStore) -> None:
     assert store.position(made[-1], most=3) == 3
     claimed = claim(store, 1)[0]
     assert store.position(store.get(claimed.id)) is None
+
+
+def test_concurrent_enqueues_share_transactions_and_keep_their_own_jobs(store: JobStore) -> None:
+    """Many threads enqueue at once: every job is stored once with its own params, a repeated
+    idempotency key gives one job to both callers, and a full queue refuses only the jobs that
+    do not fit."""
+
+    def submit(n: int) -> tuple[int, str, bool]:
+        key = "shared" if n % 10 == 0 else None
+        job, created = store.enqueue(NewJob("noop", {"n": n}, idempotency_key=key))
+        return job.params["n"], str(job.id), created
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(submit, range(100)))
+    keyed = [r for n, r in enumerate(results) if n % 10 == 0]
+    assert len({job_id for _, job_id, _ in keyed}) == 1
+    assert sum(created for _, _, created in keyed) == 1
+    others = [r for n, r in enumerate(results) if n % 10]
+    assert [params_n for params_n, _, _ in others] == [n for n in range(100) if n % 10]
+    assert all(created for _, _, created in others)
+    assert store.stats().total(JobState.QUEUED) == 91
+
+    full = JobStore(store.engine, max_queued=95)
+
+    def submit_to_full(n: int) -> str:
+        try:
+            full.enqueue(NewJob("noop", {"n": n}))
+            return "stored"
+        except QueueFull:
+            return "refused"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(submit_to_full, range(10)))
+    assert outcomes.count("stored") == 4
+    assert store.stats().total(JobState.QUEUED) == 95

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from docqueue.store import JobStore
@@ -54,25 +56,32 @@ class Metrics:
 
     def __init__(self, store: JobStore) -> None:
         self.registry = CollectorRegistry()
+        # Under several API processes (`docqueue serve --api-processes`), each process writes its
+        # counts to files in a shared folder and a scrape reads them all; the metrics must then
+        # not also report this process's own counts.
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        own = None if shared else self.registry
         self.requests = Counter(
             "docqueue_http_requests",
             "HTTP requests answered, by method, route template and status.",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "docqueue_http_request_duration_seconds",
             "Time to answer HTTP requests, by method and route template.",
             ["method", "route"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self.submitted = Counter(
             "docqueue_jobs_submitted",
             "Jobs accepted by the API (idempotent replays not counted), by operation.",
             ["operation"],
-            registry=self.registry,
+            registry=own,
         )
+        if shared:
+            MultiProcessCollector(self.registry, path=shared)  # type: ignore[no-untyped-call]
         self.registry.register(QueueCollector(store))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

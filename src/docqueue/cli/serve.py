@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
 
 from docqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("docqueue.serve")
 #: prctl option: the signal a process gets when its parent dies (linux/prctl.h).
@@ -72,6 +79,28 @@ def _stop_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def api_process_app() -> FastAPI:
+    """The app of one of several API processes of `docqueue serve` (uvicorn starts them)."""
+    from docqueue.api.app import app_from_environment
+
+    _stop_with_parent()
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the server died before prctl
+        raise SystemExit("the docqueue serve process that started this one is gone")
+    return app_from_environment()
+
+
+def _share_metrics(settings: Settings) -> Path:
+    """Let the API processes count requests and jobs in files of a folder they share
+    (prometheus-client's multiprocess mode), so that /metrics counts for all of them, whichever
+    one answers the scrape. The folder, one per server process, is removed when it stops."""
+    folder = (settings.home / "metrics" / str(os.getpid())).resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
+
+
 def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     """Turn SIGTERM into a normal exit, so the worker pool is stopped on the way out."""
     raise SystemExit(0)
@@ -84,6 +113,9 @@ def serve(
         int | None, typer.Option("--concurrency", "-c", help="Worker child processes.")
     ] = None,
     workers: Annotated[bool, typer.Option(help="Run the worker pool in this command.")] = True,
+    api_processes: Annotated[
+        int | None, typer.Option(help="Processes answering HTTP (sharing the port).")
+    ] = None,
 ) -> None:
     """Run the HTTP API, the web UI and a worker pool; Ctrl-C stops them gracefully."""
     from docqueue.api.app import create_app
@@ -91,7 +123,7 @@ def serve(
     from docqueue.logs import configure_logging
     from docqueue.store import JobStore, upgrade
 
-    settings = load_settings(concurrency=concurrency)
+    settings = load_settings(concurrency=concurrency, api_processes=api_processes)
     configure_logging(settings)
     store = JobStore.from_settings(settings)
     upgrade(store.engine)
@@ -102,9 +134,19 @@ def serve(
     # uvicorn restores this handler and raises SIGTERM again once it has shut down: without it
     # the process would die there, before the `finally` that stops the worker pool.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # The API logs every request itself, with the job id; uvicorn's access log would repeat it.
+    options: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False}
+    metrics = None
     try:
-        # The API logs every request itself, with the job id; uvicorn's access log would repeat it.
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+        if settings.api_processes == 1:
+            uvicorn.run(create_app(settings), **options)
+        else:
+            # Each process builds its app from the same environment and docqueue.toml.
+            metrics = _share_metrics(settings)
+            target = f"{__name__}:api_process_app"
+            uvicorn.run(target, factory=True, workers=settings.api_processes, **options)
     finally:
+        if metrics is not None:
+            shutil.rmtree(metrics, ignore_errors=True)
         if pool is not None:
             pool.stop()

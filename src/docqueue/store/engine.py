@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +13,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite's busy handler alone orders the writers
+    fcntl = None  # type: ignore[assignment]
 
 #: The channel that tells idle PostgreSQL workers a job was queued; the payload is the queue.
 NOTIFY_CHANNEL = "docqueue_jobs"
@@ -58,11 +65,68 @@ def _sqlite_begin(connection: Connection) -> None:
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: BEGIN IMMEDIATE on SQLite, a plain one on PostgreSQL."""
-    with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+    if engine.dialect.name != "sqlite":
+        with engine.connect() as connection, connection.begin():
+            yield connection
+        return
+    with _writer_turn(engine.url.database), engine.connect() as connection:
+        connection = connection.execution_options(sqlite_begin="IMMEDIATE")
         with connection.begin():
             yield connection
+
+
+#: Per SQLite file in this process: the lock of its threads and the open lock file.
+_writer_locks: dict[str, tuple[threading.RLock, int]] = {}
+_writer_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _writer_turn(database: str | None) -> Iterator[None]:
+    """Wait for this process's, then this machine's, turn to write to the SQLite file.
+
+    SQLite hands its write lock over through a busy handler that sleeps 1, 2, 5, 10, 15 ms and
+    more between tries, so writers of several threads and processes lose whole milliseconds
+    waiting for a lock that is long free, and the unlucky ones lose hundreds. docqueue's
+    writers queue instead on a lock of their own: a thread lock within the process and an
+    flock on `<database>-writer.lock` between processes, which the kernel hands to the next
+    waiter the moment it is released (and releases when a process dies). Writers that are not
+    docqueue still meet the busy handler, as before.
+    """
+    if fcntl is None or not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    threads, fd = _writer_lock(database)
+    with threads:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _writer_lock(database: str) -> tuple[threading.RLock, int]:
+    """The thread lock and lock file of `database` in this process, made on first use."""
+    with _writer_locks_guard:
+        if database not in _writer_locks:
+            fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Reentrant, as SQLite's lock is for one connection: a transaction opened within
+            # another on the same thread fails on SQLite's busy timeout instead of hanging here.
+            _writer_locks[database] = (threading.RLock(), fd)
+        return _writer_locks[database]
+
+
+def _forget_writer_locks() -> None:
+    """In a forked child: the parent's lock file descriptions are shared with it, so an flock
+    there would not exclude the parent; open new ones on first use."""
+    global _writer_locks_guard
+    for _, fd in _writer_locks.values():
+        os.close(fd)
+    _writer_locks.clear()
+    _writer_locks_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writer_locks)
 
 
 @contextmanager

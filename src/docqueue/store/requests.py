@@ -13,6 +13,7 @@ from uuid_utils.compat import uuid7
 from docqueue.errors import Conflict, NotFound, QueueFull
 from docqueue.models import JSON, Artifact, Job, JobState, NewJob, utcnow
 from docqueue.store.engine import NOTIFY_CHANNEL, write_transaction
+from docqueue.store.group import GroupCommit
 from docqueue.store.reader import JobReader
 from docqueue.store.rows import job_from_row
 from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
@@ -30,28 +31,35 @@ class JobRequests(JobReader):
         super().__init__(engine)
         self.default_max_attempts = default_max_attempts
         self.max_queued = max_queued
+        self._grouped = GroupCommit(self._insert)
 
     def enqueue(self, new: NewJob, *, now: datetime | None = None) -> tuple[Job, bool]:
-        """Store a new job; with a known idempotency key, return the existing job and False."""
-        jobs_ = self.enqueue_many([new], now=now)
-        return jobs_[0]
+        """Store a new job; with a known idempotency key, return the existing job and False.
+
+        Jobs enqueued at the same moment by other threads share its transaction (group.py).
+        """
+        return self._grouped((new, now or utcnow()))
 
     def enqueue_many(
         self, news: Sequence[NewJob], *, now: datetime | None = None
     ) -> list[tuple[Job, bool]]:
         """Store several jobs in one transaction: all of them or none."""
         now = now or utcnow()
+        return self._insert([(new, now) for new in news])
+
+    def _insert(self, news: Sequence[tuple[NewJob, datetime]]) -> list[tuple[Job, bool]]:
+        """Insert in one transaction the jobs that have no twin under their idempotency key."""
         try:
-            return self._insert(news, now)
+            return self._insert_once(news)
         except IntegrityError:
             # Another client inserted the same idempotency key at the same moment: its job wins.
-            return self._insert(news, now)
+            return self._insert_once(news)
 
-    def _insert(self, news: Sequence[NewJob], now: datetime) -> list[tuple[Job, bool]]:
-        """Insert the jobs that have no twin under their idempotency key."""
+    def _insert_once(self, news: Sequence[tuple[NewJob, datetime]]) -> list[tuple[Job, bool]]:
+        """One try of `_insert`."""
         out: list[tuple[Job, bool]] = []
         with write_transaction(self.engine) as conn:
-            for new in news:
+            for new, now in news:
                 existing = self._by_idempotency_key(conn, new.idempotency_key)
                 if existing is not None:
                     out.append((existing, False))

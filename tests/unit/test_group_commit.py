@@ -1,0 +1,107 @@
+"""GroupCommit: callers on many threads share transactions, and each gets its own outcome."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from docqueue.store.group import GroupCommit
+
+
+class Recorder:
+    """A write that takes a moment, as a commit does, and remembers each group it was given."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.groups: list[list[int]] = []
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+        self.active = 0
+        self.overlapped = False
+
+    def __call__(self, items: Sequence[int]) -> list[str]:
+        with self.lock:
+            self.active += 1
+            self.overlapped |= self.active > 1
+        try:
+            time.sleep(0.002)
+            if self.fail_on in items:
+                raise ValueError(f"item {self.fail_on} is refused")
+            with self.lock:
+                self.groups.append(list(items))
+            return [f"written {item}" for item in items]
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_a_lone_caller_writes_at_once_on_its_own_thread() -> None:
+    """No other caller: one group of one, written by the caller."""
+    write = Recorder()
+    grouped = GroupCommit(write)
+    assert grouped(7) == "written 7"
+    assert grouped(8) == "written 8"
+    assert write.groups == [[7], [8]]
+
+
+def test_concurrent_callers_share_groups_and_each_gets_its_own_result() -> None:
+    """200 callers on 32 threads: fewer groups than items, one writer at a time, all written
+    exactly once, every caller answered with its own item's result."""
+    write = Recorder()
+    grouped = GroupCommit(write)
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(grouped, range(200)))
+    assert results == [f"written {item}" for item in range(200)]
+    written = [item for group in write.groups for item in group]
+    assert sorted(written) == list(range(200))
+    assert len(write.groups) < 100
+    assert not write.overlapped
+
+
+def test_a_failing_item_fails_alone() -> None:
+    """The group holding a refused item is written again item by item: only its caller sees
+    the error."""
+    write = Recorder(fail_on=13)
+    grouped = GroupCommit(write)
+
+    def call(item: int) -> str:
+        try:
+            return grouped(item)
+        except ValueError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(60)))
+    expected = [f"written {item}" for item in range(60)]
+    expected[13] = "item 13 is refused"
+    assert results == expected
+    written = [item for group in write.groups for item in group]
+    assert sorted(written) == [item for item in range(60) if item != 13]
+
+
+def test_the_group_size_is_bounded() -> None:
+    """No group holds more than max_group items."""
+    write = Recorder()
+    grouped = GroupCommit(write, max_group=4)
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(grouped, range(100)))
+    assert max(len(group) for group in write.groups) <= 4
+    assert sum(len(group) for group in write.groups) == 100
+
+
+def test_an_interrupted_write_settles_its_group_and_hands_on_the_lead() -> None:
+    """A BaseException in the write reaches every caller of that group; later callers still
+    get written (the lead is not lost)."""
+
+    def write(items: Sequence[int]) -> list[int]:
+        if 0 in items:
+            raise KeyboardInterrupt
+        return list(items)
+
+    grouped = GroupCommit(write)
+    with pytest.raises(KeyboardInterrupt):
+        grouped(0)
+    assert grouped(5) == 5
