@@ -115,7 +115,7 @@ class Storage:
             return self.put_stream(file, max_bytes)
 
     def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredBlob:
-        """Store bytes already in memory (small ones: results, test data)."""
+        """Store bytes already in memory (a processor's output, a result, test data)."""
         return self.put_stream([data], max_bytes)
 
     def open(self, sha256: str) -> IO[bytes]:
@@ -223,7 +223,14 @@ class StorageOutputWriter:
 
     def put(self, name: str, path: Path, media_type: str) -> Artifact:
         """Store the file at `path` as output `name` of the job (the name is a label, never a path)."""
-        blob = self.storage.put_file(path)
+        return self._artifact(self.storage.put_file(path), name, media_type)
+
+    def put_bytes(self, name: str, data: bytes, media_type: str) -> Artifact:
+        """Store `data` as output `name` of the job."""
+        return self._artifact(self.storage.put_bytes(data), name, media_type)
+
+    def _artifact(self, blob: StoredBlob, name: str, media_type: str) -> Artifact:
+        """The output artifact of stored bytes."""
         return Artifact(blob.sha256, blob.size, media_type, name, "output", self.job_id)
 
 

@@ -26,6 +26,9 @@ class OutputWriter(Protocol):
     def put(self, name: str, path: Path, media_type: str) -> Artifact:
         """Store the file at `path` as output `name`."""
 
+    def put_bytes(self, name: str, data: bytes, media_type: str) -> Artifact:
+        """Store `data` as output `name`."""
+
 
 def _no_progress(fraction: float, message: str | None) -> None:
     """Progress sink for contexts nobody watches."""
@@ -76,15 +79,21 @@ class Context:
         self.report_progress(min(max(fraction, 0.0), 1.0), message)
 
     def write(self, name: str, data: bytes | str, media_type: str) -> Artifact:
-        """Store `data` as the output artifact `name`."""
-        path = self.workdir / f"out-{len(self.written)}"
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-        return self.write_file(name, path, media_type)
-
-    def write_file(self, name: str, path: Path, media_type: str) -> Artifact:
-        """Store the file at `path` as the output artifact `name`."""
-        if self.outputs is None:
-            raise RuntimeError("this context has no output storage")
-        artifact = self.outputs.put(name, path, media_type)
+        """Store `data` (a str as UTF-8) as the output artifact `name`."""
+        encoded = data.encode() if isinstance(data, str) else data
+        artifact = self._outputs().put_bytes(name, encoded, media_type)
         self.written.append(artifact)
         return artifact
+
+    def write_file(self, name: str, path: Path, media_type: str) -> Artifact:
+        """Store the file at `path` as the output artifact `name` (for outputs too big to hold
+        in memory: the file is streamed)."""
+        artifact = self._outputs().put(name, path, media_type)
+        self.written.append(artifact)
+        return artifact
+
+    def _outputs(self) -> OutputWriter:
+        """Where outputs go; a context made without storage has none."""
+        if self.outputs is None:
+            raise RuntimeError("this context has no output storage")
+        return self.outputs

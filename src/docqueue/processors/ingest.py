@@ -125,7 +125,9 @@ def run_ingest(ctx: Context) -> JSON:
         "pages": pages,
         "chunks": _chunks_json(chunks, vectors),
     }
-    ctx.write_file("document.json", _dump_json(ctx.workdir / "document.json", document), JSON_TYPE)
+    ctx.write(
+        "document.json", json.dumps(document, ensure_ascii=False, separators=(",", ":")), JSON_TYPE
+    )
     ctx.write("text.txt", text, TEXT_TYPE)
     ctx.progress(1.0, "done")
     return _summary(metadata, pages, len(chunks), len(text), embedding)
@@ -225,15 +227,6 @@ def _chunks_json(chunks: list[Chunk], vectors: list[list[float]] | None) -> list
             row["embedding"] = vectors[chunk.index]
         rows.append(row)
     return rows
-
-
-def _dump_json(path: Path, document: JSON) -> Path:
-    """Write `document` to `path` as UTF-8 JSON and return the path.
-
-    `json.dumps` uses the C encoder; `json.dump` to a file goes through the pure-Python one.
-    """
-    path.write_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")), "utf-8")
-    return path
 
 
 INGEST = Processor(
