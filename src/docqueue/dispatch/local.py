@@ -36,7 +36,7 @@ NOTIFY_FALLBACK_POLL = 1.0
 #: Seconds a finished job's outcome may wait to share a commit with others (group commit).
 GROUP_COMMIT_WINDOW = 0.02
 #: Most short jobs handed to a child in one message.
-MAX_CHUNK = 8
+MAX_CHUNK = 32
 #: Longest pause between tries while the store is unreachable.
 STORE_RETRY_MAX = 5.0
 #: Seconds between prunes of finished jobs past the retention time.
