@@ -358,3 +358,27 @@ def test_concurrent_enqueues_share_transactions_and_keep_their_own_jobs(store: J
         outcomes = list(pool.map(submit_to_full, range(10)))
     assert outcomes.count("stored") == 4
     assert store.stats().total(JobState.QUEUED) == 95
+
+
+def test_one_batch_with_a_key_twice_and_a_known_key(store: JobStore) -> None:
+    """In one transaction: a key stored before gives its job back, a key given twice makes one
+    job that both get, and the jobs without a key are each made, in the order given."""
+    before, _ = store.enqueue(NewJob("noop", {"n": 0}, idempotency_key="old"))
+    results = store.enqueue_many(
+        [
+            NewJob("noop", {"n": 1}, idempotency_key="new"),
+            NewJob("noop", {"n": 2}),
+            NewJob("noop", {"n": 3}, idempotency_key="old"),
+            NewJob("noop", {"n": 4}, idempotency_key="new"),
+            NewJob("noop", {"n": 5}),
+        ]
+    )
+    assert [(job.params["n"], created) for job, created in results] == [
+        (1, True),
+        (2, True),
+        (0, False),
+        (1, False),
+        (5, True),
+    ]
+    assert results[3][0].id == results[0][0].id and results[2][0].id == before.id
+    assert store.stats().total(JobState.QUEUED) == 4

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
@@ -17,11 +19,12 @@ from docqueue.store.group import GroupCommit
 from docqueue.store.reader import JobReader
 from docqueue.store.rows import job_from_row
 from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
-from docqueue.store.writes import add_artifacts, add_event
+from docqueue.store.writes import INSERT_ARTIFACT, INSERT_EVENT, add_event, artifact_rows
 
 QUEUED, SCHEDULED, RUNNING = JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.RUNNING.value
 #: Built once, as the statements of every submission are (see writes.py).
-INSERT_JOB = insert(jobs).returning(*jobs.c)
+#: The rows come back in the order of the parameters, so that each job meets its own.
+INSERT_JOBS = insert(jobs).returning(*jobs.c, sort_by_parameter_order=True)
 
 
 class JobRequests(JobReader):
@@ -56,32 +59,64 @@ class JobRequests(JobReader):
             return self._insert_once(news)
 
     def _insert_once(self, news: Sequence[tuple[NewJob, datetime]]) -> list[tuple[Job, bool]]:
-        """One try of `_insert`."""
-        out: list[tuple[Job, bool]] = []
+        """One try of `_insert`: a few statements, however many jobs there are."""
         with write_transaction(self.engine) as conn:
+            known = self._by_idempotency_keys(conn, {n.idempotency_key for n, _ in news})
+            fresh: list[tuple[NewJob, datetime]] = []
             for new, now in news:
-                existing = self._by_idempotency_key(conn, new.idempotency_key)
-                if existing is not None:
-                    out.append((existing, False))
+                key = new.idempotency_key
+                if key is None or key not in known:
+                    fresh.append((new, now))
+                    if key is not None:
+                        known[key] = None  # a later twin in this group gets this job
+            for queue, count in Counter(new.queue for new, _ in fresh).items():
+                self._check_room(conn, queue, count)
+            made = iter(self._insert_fresh(conn, fresh))
+            out: list[tuple[Job, bool]] = []
+            by_key: dict[str, Job] = {}
+            for new, _ in news:
+                key = new.idempotency_key
+                if key is not None and (known[key] is not None or key in by_key):
+                    out.append((known[key] or by_key[key], False))
                     continue
-                self._check_room(conn, new.queue)
-                out.append((self._insert_one(conn, new, now), True))
+                job = next(made)
+                if key is not None:
+                    by_key[key] = job
+                out.append((job, True))
             queues = {job.queue for job, created in out if created and job.status == QUEUED}
             if self.is_postgres:
                 for queue in queues:
                     conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, queue)))
         return out
 
-    def _insert_one(self, conn: Connection, new: NewJob, now: datetime) -> Job:
-        """One INSERT of the job, its queued event and its input artifacts."""
+    def _insert_fresh(self, conn: Connection, news: list[tuple[NewJob, datetime]]) -> list[Job]:
+        """The INSERTs of new jobs, their queued or scheduled events and their input artifacts:
+        one statement each for all the jobs."""
+        if not news:
+            return []
+        values = [self._row_values(new, now) for new, now in news]
+        made = [job_from_row(row) for row in conn.execute(INSERT_JOBS, values)]
+        events, inputs = [], []
+        for job, (new, now) in zip(made, news, strict=True):
+            data: JSON = {"queue": job.queue, "priority": job.priority}
+            if job.status == SCHEDULED:
+                data["run_at"] = job.run_at.isoformat()
+            events.append({"job_id": job.id, "type": job.status.value, "at": now, "data": data})
+            inputs += artifact_rows(job.id, new.input_artifacts, now)
+        conn.execute(INSERT_EVENT, events)
+        if inputs:
+            conn.execute(INSERT_ARTIFACT, inputs)
+        return made
+
+    def _row_values(self, new: NewJob, now: datetime) -> dict[str, Any]:
+        """The columns of a new job's row."""
         run_at = new.run_at or now
-        status = SCHEDULED if run_at > now else QUEUED
-        values = {
+        return {
             "id": uuid7(),
             "operation": new.operation,
             "queue": new.queue,
             "params": new.params,
-            "status": status,
+            "status": SCHEDULED if run_at > now else QUEUED,
             "priority": int(new.priority),
             "attempt": 0,
             "max_attempts": new.max_attempts or self.default_max_attempts,
@@ -92,24 +127,19 @@ class JobRequests(JobReader):
             "owner": new.owner,
             "created_at": now,
         }
-        row = conn.execute(INSERT_JOB, values).one()
-        job = job_from_row(row)
-        data: JSON = {"queue": job.queue, "priority": job.priority}
-        if status == SCHEDULED:
-            data["run_at"] = run_at.isoformat()
-        add_event(conn, job.id, status, now, data)
-        add_artifacts(conn, job.id, new.input_artifacts, now)
-        return job
 
-    def _by_idempotency_key(self, conn: Connection, key: str | None) -> Job | None:
-        """The job stored under `key`, if any."""
-        if key is None:
-            return None
-        row = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).first()
-        return job_from_row(row) if row else None
+    def _by_idempotency_keys(
+        self, conn: Connection, keys: set[str | None]
+    ) -> dict[str, Job | None]:
+        """The jobs stored under any of `keys`, by key."""
+        wanted = [key for key in keys if key is not None]
+        if not wanted:
+            return {}
+        rows = conn.execute(select(jobs).where(jobs.c.idempotency_key.in_(wanted)))
+        return {row.idempotency_key: job_from_row(row) for row in rows}
 
-    def _check_room(self, conn: Connection, queue: str) -> None:
-        """Refuse a job when its queue already holds `max_queued` waiting ones."""
+    def _check_room(self, conn: Connection, queue: str, adding: int = 1) -> None:
+        """Refuse `adding` jobs when their queue would hold more than `max_queued` waiting ones."""
         if not self.max_queued:
             return
         waiting = (
@@ -118,7 +148,8 @@ class JobRequests(JobReader):
             .limit(self.max_queued)
             .subquery()
         )
-        if conn.execute(select(func.count()).select_from(waiting)).scalar_one() >= self.max_queued:
+        held = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
+        if held + adding > self.max_queued:
             raise QueueFull(queue, self.max_queued)
 
     def cancel(self, job_id: UUID, *, now: datetime | None = None) -> Job:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, insert
@@ -32,18 +33,20 @@ def add_events(conn: Connection, entries: Sequence[tuple[UUID, str, JSON]], at: 
 def add_artifacts(conn: Connection, job_id: UUID, items: Sequence[Artifact], now: datetime) -> None:
     """Rows for the files a job read or wrote."""
     if items:
-        conn.execute(
-            INSERT_ARTIFACT,
-            [
-                {
-                    "job_id": job_id,
-                    "sha256": a.sha256,
-                    "size": a.size,
-                    "media_type": a.media_type,
-                    "name": a.name,
-                    "role": a.role,
-                    "created_at": now,
-                }
-                for a in items
-            ],
-        )
+        conn.execute(INSERT_ARTIFACT, artifact_rows(job_id, items, now))
+
+
+def artifact_rows(job_id: UUID, items: Sequence[Artifact], now: datetime) -> list[dict[str, Any]]:
+    """The `artifacts` rows of a job's files."""
+    return [
+        {
+            "job_id": job_id,
+            "sha256": a.sha256,
+            "size": a.size,
+            "media_type": a.media_type,
+            "name": a.name,
+            "role": a.role,
+            "created_at": now,
+        }
+        for a in items
+    ]
