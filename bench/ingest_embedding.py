@@ -24,6 +24,8 @@ from server import Server, Usage, cpu_usage
 
 console = Console()
 EMBED = {"embed": True}
+#: The worker children of the server bench/server.py starts.
+SERVICE_CONCURRENCY = 2
 
 
 @dataclass
@@ -108,6 +110,11 @@ def load_per_document(texts: list[list[str]], results: Any) -> None:
     """For each document: load SentenceTransformer from the packaged path, embed its chunks."""
     # As the service's loader: offline, and no progress bars.
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # As a worker child of `serve --concurrency 2`: the math libraries get the cores divided
+    # among the children (dispatch/child.py), so both ways embed with the same threads.
+    threads = str(max(1, (os.cpu_count() or 1) // SERVICE_CONCURRENCY))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = threads
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     started = time.perf_counter()

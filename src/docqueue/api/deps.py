@@ -11,6 +11,7 @@ from uuid import UUID
 
 from fastapi import Depends, Path, Query, Request
 
+from docqueue.api.longpoll import FinishWatch
 from docqueue.api.metrics import Metrics
 from docqueue.processors import Registry
 from docqueue.service import DocumentQueueService
@@ -59,6 +60,11 @@ async def get_metrics(request: Request) -> Metrics:
     return cast(Metrics, request.app.state.metrics)
 
 
+async def get_finish_watch(request: Request) -> FinishWatch:
+    """The app's long-poll waiter."""
+    return cast(FinishWatch, request.app.state.finish_watch)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[DocumentQueueService, Depends(get_service)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
@@ -76,3 +82,4 @@ Wait = Annotated[
         "(long-poll; cut to the server's `max_wait_seconds`).",
     ),
 ]
+FinishWatchDep = Annotated[FinishWatch, Depends(get_finish_watch)]

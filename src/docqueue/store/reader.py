@@ -158,6 +158,16 @@ class JobReader:
             found.setdefault(row.job_id, []).append(artifact_from_row(row))
         return found
 
+    def settled(self, job_ids: Sequence[UUID]) -> set[UUID]:
+        """Those of `job_ids` that have finished, or are gone (deleted, pruned): one query."""
+        if not job_ids:
+            return set()
+        with read_transaction(self.engine) as conn:
+            open_ = conn.execute(
+                select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status.not_in(FINISHED))
+            ).scalars()
+            return set(job_ids) - set(open_)
+
     def has_due(self, queues: Sequence[str], *, now: datetime | None = None) -> bool:
         """True when a claim on `queues` would find work: a cheap read that takes no write lock."""
         query = select(jobs.c.id).where(

@@ -7,14 +7,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from docqueue.api.deps import JobId, MetricsDep, ServiceDep, SettingsDep, StorageDep, StoreDep, Wait
+from docqueue.api.deps import (
+    FinishWatchDep,
+    JobId,
+    MetricsDep,
+    ServiceDep,
+    SettingsDep,
+    StorageDep,
+    StoreDep,
+    Wait,
+)
 from docqueue.api.problems import NOT_FINISHED, ProblemError, problem_responses
 from docqueue.api.schemas import JobOut, JobPageOut, JobSubmission, ResultOut, job_path
 from docqueue.api.submission import SubmissionDep, accept
-from docqueue.api.views import job_out, wait_until_finished
+from docqueue.api.views import job_out
 from docqueue.models import Job, JobState
 from docqueue.runner import forget_files
-from docqueue.store import JobStore
 
 log = logging.getLogger("docqueue.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -65,6 +73,7 @@ def submit_job(
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    watch: FinishWatchDep,
     wait: Wait = 0,
     idempotency_key: Annotated[
         str | None,
@@ -79,7 +88,7 @@ def submit_job(
         log.info("accepted %s job in queue %s", job.operation, job.queue, extra=_tag(job))
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    job = _waited(service.store, job, wait, settings.max_wait_seconds)
+    job = watch.wait(job, min(wait, settings.max_wait_seconds))
     response.headers["Location"] = job_path(job.id)
     response.status_code = status.HTTP_200_OK if job.status.finished else status.HTTP_202_ACCEPTED
     return job_out(service.store, job)
@@ -107,9 +116,11 @@ def list_jobs(
 
 
 @router.get("/{job_id}", responses=READ_PROBLEMS)
-def get_job(job_id: JobId, store: StoreDep, settings: SettingsDep, wait: Wait = 0) -> JobOut:
+def get_job(
+    job_id: JobId, store: StoreDep, settings: SettingsDep, watch: FinishWatchDep, wait: Wait = 0
+) -> JobOut:
     """One job; with `wait`, answer once it is finished or `wait` seconds have passed."""
-    job = _waited(store, store.get(job_id), wait, settings.max_wait_seconds)
+    job = watch.wait(store.get(job_id), min(wait, settings.max_wait_seconds))
     return job_out(store, job)
 
 
@@ -157,11 +168,6 @@ def delete_job(job_id: JobId, store: StoreDep, storage: StorageDep) -> Response:
     forget_files(store, storage, removed)
     log.info("deleted with %d artifacts", len(removed), extra={"job_id": str(job_id)})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-def _waited(store: JobStore, job: Job, wait: float, longest: float) -> Job:
-    """The job after a long-poll of at most `longest` seconds, or as it is."""
-    return wait_until_finished(store, job, min(wait, longest)) if wait > 0 else job
 
 
 def _tag(job: Job) -> dict[str, str]:
