@@ -57,8 +57,7 @@ WITH claimed AS (
     SET status = 'running', attempt = jobs.attempt + 1, worker_id = :worker_id,
         lease_expires_at = :lease_expires_at, started_at = :now, progress = NULL,
         progress_message = NULL
-    WHERE jobs.id = ANY({picked}) AND jobs.status IN ('queued', 'scheduled')
-        AND jobs.run_at <= :now
+    WHERE {picked}
     RETURNING jobs.*
 ), timeline AS (
     INSERT INTO job_events (job_id, type, at, data)
@@ -68,8 +67,18 @@ WITH claimed AS (
 )
 SELECT * FROM claimed
 """
-LEASE_BY_ID = text(LEASE.format(picked=BY_ID)).columns(*jobs.c)
-LEASE_HEAD = text(LEASE.format(picked=HEAD)).columns(*jobs.c)
+#: Ids given from outside are checked to be claimable here.
+LEASE_BY_ID = text(
+    LEASE.format(
+        picked=f"jobs.id = ANY({BY_ID}) AND jobs.status IN ('queued', 'scheduled') "
+        "AND jobs.run_at <= :now"
+    )
+).columns(*jobs.c)
+#: The head's rows are locked, and were checked, by the same statement: the id alone finds
+#: them. Repeating the status and run_at conditions here would let the planner read the rows
+#: through ix_jobs_claim instead of the primary key, a scan of every due job when the table's
+#: statistics are behind (right after a burst of submissions: 25 ms for 256 of 20,000 jobs).
+LEASE_HEAD = text(LEASE.format(picked=f"jobs.id = ANY({HEAD})")).columns(*jobs.c)
 
 
 def succeed(
