@@ -62,26 +62,24 @@ class JobRequests(JobReader):
         """One try of `_insert`: a few statements, however many jobs there are."""
         with write_transaction(self.engine) as conn:
             known = self._by_idempotency_keys(conn, {n.idempotency_key for n, _ in news})
+            keys: set[str | None] = set(known)
             fresh: list[tuple[NewJob, datetime]] = []
-            for new, now in news:
-                key = new.idempotency_key
-                if key is None or key not in known:
+            for new, now in news:  # a key given twice in the group makes one job
+                if new.idempotency_key is None or new.idempotency_key not in keys:
                     fresh.append((new, now))
-                    if key is not None:
-                        known[key] = None  # a later twin in this group gets this job
+                    keys.add(new.idempotency_key)
             for queue, count in Counter(new.queue for new, _ in fresh).items():
                 self._check_room(conn, queue, count)
             made = iter(self._insert_fresh(conn, fresh))
             out: list[tuple[Job, bool]] = []
-            by_key: dict[str, Job] = {}
             for new, _ in news:
                 key = new.idempotency_key
-                if key is not None and (known[key] is not None or key in by_key):
-                    out.append((known[key] or by_key[key], False))
+                if key is not None and key in known:
+                    out.append((known[key], False))
                     continue
                 job = next(made)
                 if key is not None:
-                    by_key[key] = job
+                    known[key] = job
                 out.append((job, True))
             queues = {job.queue for job, created in out if created and job.status == QUEUED}
             if self.is_postgres:
@@ -128,9 +126,7 @@ class JobRequests(JobReader):
             "created_at": now,
         }
 
-    def _by_idempotency_keys(
-        self, conn: Connection, keys: set[str | None]
-    ) -> dict[str, Job | None]:
+    def _by_idempotency_keys(self, conn: Connection, keys: set[str | None]) -> dict[str, Job]:
         """The jobs stored under any of `keys`, by key."""
         wanted = [key for key in keys if key is not None]
         if not wanted:
