@@ -1,6 +1,8 @@
 """Queue overhead: docqueue's drain rate, pickup latency and claim cost, beside other job queues.
 
-    python bench/queue_overhead.py [--n 10000] [--latency-seconds 10] [--claim-sizes 1000,1000000]
+    python bench/queue_overhead.py [--n 10000] [--latency-seconds 10] [--rounds 3]
+                                   [--claim-sizes 1000,1000000] [--stores sqlite,postgres]
+                                   [--peers all] [--claims-only]
 
 In one run, on this machine:
 1. enqueue: one producer enqueues N `noop` jobs, one call (one transaction) each.
@@ -9,6 +11,9 @@ In one run, on this machine:
    The same for SQLite and PostgreSQL, then for each peer in bench/peers.py.
 2. pickup latency at a steady 100 jobs/s: the time from a job's commit to its start (the store's
    created_at and started_at), p50 and p99.
+   Parts 1 and 2 run --rounds times, every system once per round, in turn; the table shows the
+   median of each figure over the rounds (one round on a shared machine can be off by 10% or
+   more either way).
 3. claim latency: the median time of one claim-and-complete with 1,000 and with 1,000,000 jobs
    stored (all but 1,000 of them finished, as in a store that has run for a while).
 """
@@ -229,6 +234,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="jobs to drain per system")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each system; medians")
     parser.add_argument("--claim-sizes", default="1000,1000000")
     parser.add_argument("--peers", default="all", help="peers to measure: all, none, or a,b")
     parser.add_argument("--stores", default="sqlite,postgres")
@@ -244,21 +250,10 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, workdir: Path) -> None:
     """Every measurement the arguments ask for, printed as tables."""
-    rows: list[Figures] = []
-    for kind in [] if args.claims_only else args.stores.split(","):
-        console.print(f"measuring docqueue on {kind} ...")
-        rows.append(measure_docqueue(kind, args.n, args.latency_seconds, workdir))
-    if args.peers != "none" and not args.claims_only:
-        from peers import PEERS, run_peer
-
-        names = list(PEERS) if args.peers == "all" else args.peers.split(",")
-        for name in names:
-            console.print(f"measuring {name} ...")
-            # Like docqueue's: enqueue the backlog first (workers paused), then time its drain.
-            result = run_peer(name, args.n, args.latency_seconds, paused_enqueue=True)
-            rows.append(Figures(**vars(result)))
-    if rows:
-        print_drain(rows, args.n)
+    if not args.claims_only:
+        rounds = [measure_round(args, workdir, number) for number in range(1, args.rounds + 1)]
+        if rounds[0]:
+            print_drain([median_figures(same) for same in zip(*rounds, strict=True)], args)
     sizes = [int(s) for s in args.claim_sizes.split(",")]
     claims = {
         (kind, size): claim_latency(kind, size, workdir)
@@ -268,9 +263,49 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
     print_claims(claims, sizes)
 
 
-def print_drain(rows: list[Figures], n: int) -> None:
+def measure_round(args: argparse.Namespace, workdir: Path, number: int) -> list[Figures]:
+    """One drain and pickup measurement of every system asked for, in turn."""
+    rows: list[Figures] = []
+    for kind in args.stores.split(","):
+        console.print(f"round {number} of {args.rounds}: docqueue on {kind} ...")
+        rows.append(measure_docqueue(kind, args.n, args.latency_seconds, workdir))
+    if args.peers != "none":
+        from peers import PEERS, run_peer
+
+        names = list(PEERS) if args.peers == "all" else args.peers.split(",")
+        for name in names:
+            console.print(f"round {number} of {args.rounds}: {name} ...")
+            # Like docqueue's: enqueue the backlog first (workers paused), then time its drain.
+            result = run_peer(name, args.n, args.latency_seconds, paused_enqueue=True)
+            rows.append(Figures(**vars(result)))
+    return rows
+
+
+def median_figures(rounds: tuple[Figures, ...]) -> Figures:
+    """One system's figures over the rounds: the median of each, and every round's drain rate."""
+
+    def middle(values: list[float | None]) -> float | None:
+        known = [value for value in values if value is not None]
+        return statistics.median(known) if known else None
+
+    drains = ", ".join(f"{row.drain_per_s:,.0f}" for row in rounds)
+    first = rounds[0]
+    return Figures(
+        first.name,
+        statistics.median(row.enqueue_per_s for row in rounds),
+        statistics.median(row.drain_per_s for row in rounds),
+        middle([row.pickup_p50_ms for row in rounds]),
+        middle([row.pickup_p99_ms for row in rounds]),
+        f"{first.note}; drains: {drains}" if len(rounds) > 1 else first.note,
+    )
+
+
+def print_drain(rows: list[Figures], args: argparse.Namespace) -> None:
     """The drain and latency table."""
-    table = Table(title=f"{n} no-op jobs, 2 worker processes; pickup latency at 100 jobs/s")
+    table = Table(
+        title=f"{args.n} no-op jobs, 2 worker processes; pickup latency at 100 jobs/s; "
+        f"medians of {args.rounds} round(s)"
+    )
     for column in (
         "system",
         "enqueue jobs/s",
