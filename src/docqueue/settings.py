@@ -52,8 +52,10 @@ class Settings(BaseSettings):
     #: Longest retry delay in seconds.
     retry_max_delay: float = Field(default=600.0, ge=0)
     #: Most jobs a worker claims ahead of its free children; used only while jobs are short
-    #: (see `short_job_seconds`), so a long job never waits behind another one.
-    prefetch: int = Field(default=256, ge=0)
+    #: (see `short_job_seconds`), so a long job never waits behind another one. By default 256
+    #: on PostgreSQL and 64 on SQLite, whose write lock is the whole database's: a worker's
+    #: transaction of claims and outcomes holds every submission back while it runs.
+    prefetch: int | None = Field(default=None, ge=0)
     #: Jobs that take less than this on average are short enough to be claimed ahead, and a
     #: worker holds about this much work per child ahead of time.
     short_job_seconds: float = Field(default=0.05, ge=0)

@@ -13,6 +13,7 @@ from docqueue.api.metrics import Metrics
 from docqueue.api.middleware import LimitBody, ObserveRequests
 from docqueue.api.problems import install_problem_handlers
 from docqueue.api.routes import ROUTERS
+from docqueue.heap import startup_objects_frozen
 from docqueue.logs import configure_logging
 from docqueue.service import DocumentQueueService
 from docqueue.settings import Settings
@@ -28,7 +29,8 @@ def create_app(settings: Settings, *, service: DocumentQueueService | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Long-polls and uploads hold a thread each; the default 40 would cap them too soon.
         to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-        yield
+        with startup_objects_frozen():
+            yield
         service.store.engine.dispose()
 
     app = FastAPI(
