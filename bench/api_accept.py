@@ -10,8 +10,8 @@ In one run, on this machine:
 2. The workers are kept busy: `noop` jobs that sleep --sleep-ms each go straight into the store
    (up to 50 per transaction, so that this script's own writes hold SQLite's write lock no
    longer than a group of submissions does), and a thread of this script tops them up every
-   0.25 s so that about --depth jobs wait throughout; both worker children run jobs all along and the
-   supervisor claims and completes in the same SQLite file the API writes to. After every phase
+   0.25 s so that about --depth jobs wait throughout; both worker children run jobs all along
+   and the supervisor claims and completes in the same SQLite file the API writes to. After every phase
    the table shows the jobs the workers finished meanwhile and those still queued (more than 0:
    the workers never ran dry). The depth matters: each answer to a submission counts the jobs
    ahead of it (its `position`), so a deeper queue makes every submission dearer.

@@ -20,12 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from client import moment, submit, submit_all, wait_finished
-from server import Server, Usage, cpu_usage
+from server import CONCURRENCY, Server, Usage, cpu_usage
 
 console = Console()
 EMBED = {"embed": True}
-#: The worker children of the server bench/server.py starts.
-SERVICE_CONCURRENCY = 2
 
 
 @dataclass
@@ -112,7 +110,7 @@ def load_per_document(texts: list[list[str]], results: Any) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     # As a worker child of `serve --concurrency 2`: the math libraries get the cores divided
     # among the children (dispatch/child.py), so both ways embed with the same threads.
-    threads = str(max(1, (os.cpu_count() or 1) // SERVICE_CONCURRENCY))
+    threads = str(max(1, (os.cpu_count() or 1) // CONCURRENCY))
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = threads
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

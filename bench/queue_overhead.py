@@ -240,6 +240,8 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--claims-only", action="store_true", help="only the claim latency part")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     with tempfile.TemporaryDirectory(prefix="docqueue-bench-") as tmp:
         try:
             measure(args, Path(tmp))

@@ -23,6 +23,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+#: Worker children of the servers the benchmarks start (`serve --concurrency`).
+CONCURRENCY = 2
 #: Seconds the server gets to answer /healthz (and its worker to register) after start.
 START_TIMEOUT = 60.0
 
@@ -74,7 +76,7 @@ class Server:
 
 @contextmanager
 def running_server(
-    workdir: Path, concurrency: int = 2, env: dict[str, str] | None = None
+    workdir: Path, concurrency: int = CONCURRENCY, env: dict[str, str] | None = None
 ) -> Iterator[Server]:
     """Start `docqueue serve` on a fresh home under `workdir`; stop it and its worker at the end."""
     home = workdir / "home"

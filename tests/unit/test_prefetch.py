@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from docqueue.dispatch.local import DEFAULT_PREFETCH, Supervisor
+from docqueue.dispatch.local import Supervisor
 from tests.conftest import quick_settings
 
 
@@ -19,8 +19,8 @@ def test_prefetch_defaults_by_store_and_follows_the_setting(
     settings = quick_settings(database_url, tmp_path, prefetch=explicit)
     supervisor = Supervisor(settings)
     try:
-        kind = "postgresql" if database_url.startswith("postgresql") else "sqlite"
-        expected = DEFAULT_PREFETCH[kind] if explicit is None else explicit
+        default = 256 if database_url.startswith("postgresql") else 64
+        expected = default if explicit is None else explicit
         assert supervisor.prefetch == expected
     finally:
         supervisor.writer.close()

@@ -134,7 +134,7 @@ class JobRequests(JobReader):
         rows = conn.execute(select(jobs).where(jobs.c.idempotency_key.in_(wanted)))
         return {row.idempotency_key: job_from_row(row) for row in rows}
 
-    def _check_room(self, conn: Connection, queue: str, adding: int = 1) -> None:
+    def _check_room(self, conn: Connection, queue: str, adding: int) -> None:
         """Refuse `adding` jobs when their queue would hold more than `max_queued` waiting ones."""
         if not self.max_queued:
             return
