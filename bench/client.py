@@ -19,10 +19,16 @@ UPLOADERS = 4
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
-def submit(client: httpx.Client, data: bytes, name: str, params: dict[str, Any]) -> str:
-    """Upload `data` as an `ingest` job; its id."""
+def submit(
+    client: httpx.Client,
+    data: bytes,
+    name: str,
+    params: dict[str, Any],
+    fields: dict[str, str] | None = None,
+) -> str:
+    """Upload `data` as an `ingest` job, with more form `fields` if given; its id."""
     files = {"file": (name, data, "application/pdf")}
-    form = {"operation": "ingest", "params": json.dumps(params)}
+    form = {"operation": "ingest", "params": json.dumps(params), **(fields or {})}
     response = client.post("/v1/jobs", data=form, files=files)
     response.raise_for_status()
     return str(response.json()["id"])
@@ -39,10 +45,21 @@ def wait_finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
     return job
 
 
+def wait_all(client: httpx.Client, ids: list[str]) -> list[dict[str, Any]]:
+    """Every job once finished. The last one submitted is waited for first: while jobs run, one
+    long-poll is all the client asks of the server."""
+    wait_finished(client, ids[-1])
+    return [wait_finished(client, job_id) for job_id in ids]
+
+
 def submit_all(
-    url: str, documents: Iterable[tuple[str, Callable[[], bytes]]], params: dict[str, Any]
+    url: str,
+    documents: Iterable[tuple[str, Callable[[], bytes]]],
+    params: dict[str, Any],
+    fields: dict[str, str] | None = None,
 ) -> list[str]:
-    """Upload every (name, maker of its bytes) from UPLOADERS threads; the job ids in order."""
+    """Upload every (name, maker of its bytes) from UPLOADERS threads, with more form `fields`
+    if given; the job ids in order."""
     local = threading.local()
     clients: list[httpx.Client] = []
 
@@ -51,7 +68,7 @@ def submit_all(
             local.client = httpx.Client(base_url=url, timeout=120)
             clients.append(local.client)
         name, make = item
-        return submit(local.client, make(), name, params)
+        return submit(local.client, make(), name, params, fields)
 
     try:
         with ThreadPoolExecutor(UPLOADERS) as pool:

@@ -51,13 +51,16 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(default=2.0, ge=0)
     #: Longest retry delay in seconds.
     retry_max_delay: float = Field(default=600.0, ge=0)
-    #: Most jobs a worker claims ahead of its free children; used only while jobs are short
-    #: (see `short_job_seconds`), so a long job never waits behind another one. By default 256
-    #: on PostgreSQL and 64 on SQLite, whose write lock is the whole database's: a worker's
+    #: Most jobs a worker claims ahead of its free children (see `prefetch_seconds`). By default
+    #: 256 on PostgreSQL and 64 on SQLite, whose write lock is the whole database's: a worker's
     #: transaction of claims and outcomes holds every submission back while it runs.
     prefetch: int | None = Field(default=None, ge=0)
-    #: Jobs that take less than this on average are short enough to be claimed ahead, and a
-    #: worker holds about this much work per child ahead of time.
+    #: Seconds of work (at the jobs' average run time) a worker holds ahead per child, so that a
+    #: child that finishes starts its next job without waiting for the store. A job claimed
+    #: ahead waits about this long at most; jobs longer than this are claimed one per free child.
+    prefetch_seconds: float = Field(default=0.25, ge=0)
+    #: Jobs that take less than this on average are handed to a child in chunks, one message
+    #: for many jobs.
     short_job_seconds: float = Field(default=0.05, ge=0)
     #: Jobs a child runs before it is replaced by a fresh one; 0 means never.
     max_jobs_per_child: int = Field(default=1000, ge=0)

@@ -10,6 +10,7 @@ from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Event
 from uuid import UUID
 
+from docqueue.heap import retain_freed_memory
 from docqueue.logs import configure_logging
 from docqueue.models import Artifact, Job, Outcome
 from docqueue.processors import builtin_registry
@@ -39,6 +40,7 @@ def child_main(
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(variable, str(threads))
     configure_logging(settings)
+    retain_freed_memory()
     runner = Runner(builtin_registry(settings.imports), Storage(settings.resolved_storage_url))
     runner.resources.warm_up()
     while True:

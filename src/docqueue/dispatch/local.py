@@ -67,7 +67,7 @@ class Supervisor:
         self.timers = Timers()
         self.stopping = False
         self.store_failures = 0
-        #: Moving average of job run time, which decides whether to claim ahead and in chunks.
+        #: Moving average of job run time, which decides how far to claim ahead and in chunks.
         self.average_run = settings.short_job_seconds * 2
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
         #: Most jobs claimed ahead while jobs are short.
@@ -244,15 +244,14 @@ class Supervisor:
     def _want(self) -> int:
         """How many jobs to claim: one per idle child, plus the prefetch, less what is buffered.
 
-        Claiming ahead amortises one transaction over many jobs, which only matters for short
-        jobs; the prefetch holds about `short_job_seconds` of work per child, so a job claimed
-        ahead never waits long, and long jobs are claimed one per free child.
+        Claiming ahead amortises one transaction over many jobs and lets a child that finishes
+        start the next job at once, without a trip to the store. The prefetch holds about
+        `prefetch_seconds` of work per child, so a job claimed ahead never waits long; jobs
+        longer than that are claimed one per free child.
         """
         idle = sum(1 for c in self.children if not c.busy)
-        prefetch = 0
-        if self._short_jobs():
-            ahead = self.settings.concurrency * self.settings.short_job_seconds
-            prefetch = min(self.prefetch, int(ahead / max(self.average_run, 1e-4)))
+        ahead = self.settings.concurrency * self.settings.prefetch_seconds
+        prefetch = min(self.prefetch, int(ahead / max(self.average_run, 1e-4)))
         if len(self.buffer) >= idle and len(self.buffer) > prefetch // 2:
             return 0  # enough in hand: refill in one batch when half of it is used
         return max(0, idle + prefetch - len(self.buffer))
@@ -290,14 +289,17 @@ class Supervisor:
         return self.settings.poll_interval
 
     def _assign(self) -> None:
-        """Hand buffered jobs to idle children: one each, or chunks of short jobs."""
+        """Hand buffered jobs to idle children: one each, or chunks of short jobs. Once stopping,
+        none: jobs not started go back to the queue for other workers."""
+        if self.stopping:
+            return
         idle = [c for c in self.children if not c.busy]
         for child in idle:
             if not self.buffer:
                 return
             size = 1
-            if self._short_jobs():
-                size = max(1, min(MAX_CHUNK, len(self.buffer) // len(idle)))
+            if self._short_jobs():  # a share of the buffer: the next child to finish gets some too
+                size = max(1, min(MAX_CHUNK, len(self.buffer) // len(self.children)))
             if self.settings.max_jobs_per_child:
                 size = min(size, max(1, self.settings.max_jobs_per_child - child.jobs_run))
             child.assign([self.buffer.popleft() for _ in range(min(size, len(self.buffer)))])

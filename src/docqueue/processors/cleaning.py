@@ -101,17 +101,30 @@ def remove_repeating_edges(
     if len(eligible) < MIN_RUN:
         return [list(lines) for lines in pages]
     offset = _page_number_offset([(numbers[index], pages[index]) for index in eligible])
-    printed = {index: None if offset is None else numbers[index] + offset for index in eligible}
-    headers = _repeating(
-        [{_shape(line, printed[i]) for line in _content(pages[i][:EDGE_LINES])} for i in eligible]
-    )
-    footers = _repeating(
-        [{_shape(line, printed[i]) for line in _content(pages[i][-EDGE_LINES:])} for i in eligible]
-    )
+    shapes = {
+        index: _edge_shapes(pages[index], None if offset is None else numbers[index] + offset)
+        for index in eligible
+    }
+    headers = _repeating([_zone(pages[i], shapes[i], top=True) for i in eligible])
+    footers = _repeating([_zone(pages[i], shapes[i], top=False) for i in eligible])
     cleaned = [list(lines) for lines in pages]
     for index in eligible:
-        cleaned[index] = _strip_edges(pages[index], headers, footers, printed[index])
+        cleaned[index] = _strip_edges(pages[index], shapes[index], headers, footers)
     return cleaned
+
+
+def _edge_shapes(lines: list[str], printed: int | None) -> dict[int, str]:
+    """The shape of each line in the page's top and bottom `EDGE_LINES`, by position."""
+    count = len(lines)
+    edges = set(range(min(EDGE_LINES, count))) | set(range(max(count - EDGE_LINES, 0), count))
+    return {position: _shape(lines[position], printed) for position in edges}
+
+
+def _zone(lines: list[str], shapes: dict[int, str], *, top: bool) -> set[str]:
+    """The shapes of the non-blank lines in the page's top (or bottom) `EDGE_LINES`."""
+    count = len(lines)
+    zone = range(min(EDGE_LINES, count)) if top else range(max(count - EDGE_LINES, 0), count)
+    return {shapes[position] for position in zone if lines[position]}
 
 
 def _page_number_offset(pages: list[tuple[int, list[str]]]) -> int | None:
@@ -148,28 +161,26 @@ def _repeating(zones: list[set[str]]) -> set[str]:
 
 
 def _strip_edges(
-    lines: list[str], headers: set[str], footers: set[str], printed: int | None
+    lines: list[str], shapes: dict[int, str], headers: set[str], footers: set[str]
 ) -> list[str]:
-    """One page's lines without the headers, footers and its own page number in its edge zones."""
+    """One page's lines without the headers, footers and its own page number in its edge zones
+    (`shapes`: the edge lines' shapes by position, the page number masked when known)."""
     count = len(lines)
 
-    def dropped(position: int, line: str) -> bool:
-        at_top, at_bottom = position < EDGE_LINES, position >= count - EDGE_LINES
-        shape = _shape(line, printed)
-        if (at_top and shape in headers) or (at_bottom and shape in footers):
+    def dropped(position: int) -> bool:
+        shape = shapes[position]
+        if (position < EDGE_LINES and shape in headers) or (
+            position >= count - EDGE_LINES and shape in footers
+        ):
             return True
-        return printed is not None and _PAGE_NUMBER.fullmatch(shape) is not None
+        return _PAGE_MARK in shape and _PAGE_NUMBER.fullmatch(shape) is not None
 
     # Only the edge zones are looked at: [0, body) and [tail, count).
     body = min(EDGE_LINES, count)
     tail = max(count - EDGE_LINES, body)
-    kept = [line for position, line in enumerate(lines[:body]) if not dropped(position, line)]
+    kept = [lines[position] for position in range(body) if not dropped(position)]
     kept += lines[body:tail]
-    kept += [
-        line
-        for position, line in enumerate(lines[tail:], start=tail)
-        if not dropped(position, line)
-    ]
+    kept += [lines[position] for position in range(tail, count) if not dropped(position)]
     while kept and not kept[0]:
         kept.pop(0)
     while kept and not kept[-1]:
@@ -184,11 +195,11 @@ def _content(lines: list[str]) -> list[str]:
 
 def _shape(line: str, printed: int | None) -> str:
     """A line as compared across pages: lowercase, with the page's printed number masked."""
-    if printed is None:
-        return line.lower()
-    return _DIGITS.sub(
-        lambda m: _PAGE_MARK if int(m.group()) == printed else m.group(), line.lower()
-    )
+    lowered = line.lower()
+    # A run of digits worth `printed` (leading zeros or not) holds its decimal text.
+    if printed is None or str(printed) not in lowered:
+        return lowered
+    return _DIGITS.sub(lambda m: _PAGE_MARK if int(m.group()) == printed else m.group(), lowered)
 
 
 def page_text(lines: Sequence[str]) -> str:
