@@ -45,3 +45,17 @@ def test_prefetch_holds_a_quarter_second_of_work_per_child(
     finally:
         supervisor.writer.close()
         supervisor.store.engine.dispose()
+
+
+def test_jobs_not_yet_timed_are_claimed_one_per_free_child(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A fresh worker knows nothing of how long jobs take: it claims none ahead (a job claimed
+    ahead waits, and if the worker dies, its lease has to expire first)."""
+    settings = quick_settings(database_url, tmp_path, concurrency=2, prefetch_seconds=0.25)
+    supervisor = Supervisor(settings)
+    try:
+        assert supervisor._want() == 0  # no children here, so none idle
+    finally:
+        supervisor.writer.close()
+        supervisor.store.engine.dispose()

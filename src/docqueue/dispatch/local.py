@@ -68,7 +68,10 @@ class Supervisor:
         self.stopping = False
         self.store_failures = 0
         #: Moving average of job run time, which decides how far to claim ahead and in chunks.
-        self.average_run = settings.short_job_seconds * 2
+        #: Until jobs have been timed they count as long ones: claimed one per free child.
+        self.average_run = 2 * max(
+            settings.concurrency * settings.prefetch_seconds, settings.short_job_seconds
+        )
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
         #: Most jobs claimed ahead while jobs are short.
         self.prefetch: int = (
