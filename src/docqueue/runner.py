@@ -27,7 +27,7 @@ from docqueue.models import (
     Succeeded,
 )
 from docqueue.processors import Context, Registry, Resources
-from docqueue.storage import Storage, StorageOutputWriter
+from docqueue.storage import BackgroundPublisher, Storage, StorageOutputWriter
 from docqueue.store import JobStore
 
 log = logging.getLogger("docqueue.runner")
@@ -37,11 +37,19 @@ ProgressSink = Callable[[float, str | None], None]
 class Runner:
     """Runs jobs in this process, with the resources this process has loaded."""
 
-    def __init__(self, registry: Registry, storage: Storage, scratch: Path | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        storage: Storage,
+        scratch: Path | None = None,
+        publisher: BackgroundPublisher | None = None,
+    ) -> None:
         self.registry = registry
         self.storage = storage
         self.resources = Resources(registry)
         self.scratch = scratch
+        #: Publishes outputs in the background; then an outcome is final only once settled.
+        self.publisher = publisher
 
     def execute(
         self,
@@ -66,7 +74,7 @@ class Runner:
                     resources=self.resources,
                     scratch=scratch.make,
                     inputs=[stack.enter_context(self._local(a)) for a in inputs],
-                    outputs=StorageOutputWriter(self.storage, job.id),
+                    outputs=StorageOutputWriter(self.storage, job.id, self.publisher),
                     log=logger,
                 )
                 if progress is not None:

@@ -10,6 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,9 +22,17 @@ import fsspec
 
 from docqueue.errors import DocqueueError, NotFound
 from docqueue.media import sniff_media_type
-from docqueue.models import Artifact
+from docqueue.models import Artifact, ErrorInfo, Failed, Outcome, Succeeded
 
-__all__ = ["Storage", "StorageOutputWriter", "StoredBlob", "TooLarge", "sniff_media_type"]
+__all__ = [
+    "BackgroundPublisher",
+    "StagedBlob",
+    "Storage",
+    "StorageOutputWriter",
+    "StoredBlob",
+    "TooLarge",
+    "sniff_media_type",
+]
 
 CHUNK = 1 << 20
 #: Bytes a remote upload buffers in memory before sending a part (5 MiB is S3's smallest part).
@@ -47,6 +56,15 @@ class StoredBlob:
 
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """Bytes written to a temporary object (`temp`), to be published under their address."""
+
+    sha256: str
+    size: int
+    temp: str
 
 
 class Storage:
@@ -79,8 +97,17 @@ class Storage:
     ) -> StoredBlob:
         """Store a stream chunk by chunk, hashing as it goes; past `max_bytes` keep nothing.
 
-        The bytes go to a temporary object first and move to their content key once the hash is
-        known; when that key exists already, the temporary object is dropped instead.
+        The bytes are durable and under their content key when this returns.
+        """
+        return self.publish(self.stage(source, max_bytes))
+
+    def stage(
+        self, source: Iterable[bytes] | IO[bytes], max_bytes: int | None = None
+    ) -> StagedBlob:
+        """Write a stream to a temporary object, hashing as it goes; past `max_bytes` keep nothing.
+
+        The bytes are not under their content key yet, nor (on local disks) on the disk for sure:
+        `publish` does both, and nothing may refer to them before it has.
         """
         digest = hashlib.sha256()
         size = 0
@@ -93,21 +120,37 @@ class Storage:
                         raise TooLarge(max_bytes)
                     digest.update(chunk)
                     out.write(chunk)
-                if self.local:
-                    # The job row that names these bytes is committed next; make them durable first.
-                    out.flush()
-                    os.fsync(out.fileno())
-            sha256 = digest.hexdigest()
-            target = self.key(sha256)
-            if self.fs.exists(target):
-                self.fs.rm(temp)
-            else:
-                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-                self.fs.mv(temp, target)
         except BaseException:
             self._remove_quietly(temp)
             raise
-        return StoredBlob(sha256, size)
+        return StagedBlob(digest.hexdigest(), size, temp)
+
+    def publish(self, staged: StagedBlob) -> StoredBlob:
+        """Make staged bytes durable and move them to their content key; when the key holds them
+        already, drop the staged copy instead.
+
+        On a local disk the file is synced before the move (a content key never names bytes a
+        crash could lose) and its folder after it (so the new name survives a crash too).
+        """
+        target = self.key(staged.sha256)
+        try:
+            if self.local:
+                _sync(staged.temp)
+            if self.fs.exists(target):
+                self.fs.rm(staged.temp)
+            else:
+                folder = target.rsplit("/", 1)[0]
+                new_folder = self.local and not os.path.isdir(folder)
+                self.fs.makedirs(folder, exist_ok=True)
+                self.fs.mv(staged.temp, target)
+                if self.local:
+                    _sync(folder)
+                    if new_folder:
+                        _sync(folder.rsplit("/", 1)[0])
+        except BaseException:
+            self._remove_quietly(staged.temp)
+            raise
+        return StoredBlob(staged.sha256, staged.size)
 
     def put_file(self, path: Path, max_bytes: int | None = None) -> StoredBlob:
         """Store a local file."""
@@ -215,23 +258,68 @@ class Storage:
 
 
 class StorageOutputWriter:
-    """Stores the files a processor writes as output artifacts of one job."""
+    """Stores the files a processor writes as output artifacts of one job.
 
-    def __init__(self, storage: Storage, job_id: UUID) -> None:
+    With a `publisher`, outputs are staged and handed to it to publish in the background.
+    """
+
+    def __init__(
+        self, storage: Storage, job_id: UUID, publisher: BackgroundPublisher | None = None
+    ) -> None:
         self.storage = storage
         self.job_id = job_id
+        self.publisher = publisher
 
     def put(self, name: str, path: Path, media_type: str) -> Artifact:
         """Store the file at `path` as output `name` of the job (the name is a label, never a path)."""
-        return self._artifact(self.storage.put_file(path), name, media_type)
+        with path.open("rb") as file:
+            return self._store(file, name, media_type)
 
     def put_bytes(self, name: str, data: bytes, media_type: str) -> Artifact:
         """Store `data` as output `name` of the job."""
-        return self._artifact(self.storage.put_bytes(data), name, media_type)
+        return self._store([data], name, media_type)
 
-    def _artifact(self, blob: StoredBlob, name: str, media_type: str) -> Artifact:
-        """The output artifact of stored bytes."""
+    def _store(self, source: Iterable[bytes] | IO[bytes], name: str, media_type: str) -> Artifact:
+        """Store the bytes now, or stage them for the publisher; the output artifact."""
+        blob: StoredBlob | StagedBlob
+        if self.publisher is None:
+            blob = self.storage.put_stream(source)
+        else:
+            blob = self.storage.stage(source)
+            self.publisher.submit(self.job_id, blob)
         return Artifact(blob.sha256, blob.size, media_type, name, "output", self.job_id)
+
+
+class BackgroundPublisher:
+    """Publishes staged outputs on a thread of its own while the process runs its next job.
+
+    Syncing a file and its folder waits for the disk (on S3 the move is a copy): done here, the
+    wait overlaps the next job's work instead of adding to it. A job's outcome may be reported
+    only after `settle`, which waits for its outputs and turns a success whose outputs could not
+    be stored into a failure to retry.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="docqueue-publish")
+        self.pending: dict[UUID, list[Future[StoredBlob]]] = {}
+
+    def submit(self, job_id: UUID, staged: StagedBlob) -> None:
+        """Publish `staged`, an output of `job_id`, soon."""
+        future = self.pool.submit(self.storage.publish, staged)
+        self.pending.setdefault(job_id, []).append(future)
+
+    def settle(self, job_id: UUID, outcome: Outcome) -> Outcome:
+        """`outcome` once every output of `job_id` is published; Failed if one could not be."""
+        errors = [future.exception() for future in self.pending.pop(job_id, [])]
+        error = next((exc for exc in errors if exc is not None), None)
+        if error is None or not isinstance(outcome, Succeeded):
+            return outcome
+        return Failed(ErrorInfo(type(error).__name__, f"an output could not be stored: {error}"))
+
+    def close(self) -> None:
+        """Finish what was submitted and stop the thread."""
+        self.pool.shutdown(wait=True)
 
 
 def _chunks(source: Iterable[bytes] | IO[bytes]) -> Iterator[bytes]:
@@ -254,3 +342,12 @@ def _modified(entry: dict[str, Any]) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     return None
+
+
+def _sync(path: str) -> None:
+    """fsync a local file or folder: its data and its entries reach the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -15,7 +15,8 @@ import pytest
 
 from docqueue.errors import NotFound
 from docqueue.media import sniff_media_type
-from docqueue.storage import Storage, StorageOutputWriter, TooLarge
+from docqueue.models import ErrorInfo, Failed, Succeeded
+from docqueue.storage import BackgroundPublisher, Storage, StorageOutputWriter, TooLarge
 
 BUCKET = "docqueue-test"
 
@@ -185,6 +186,46 @@ def test_output_writer_makes_output_artifacts(storage: Storage, tmp_path: Path) 
     assert artifact.name == "../../etc/passwd"  # a label only
     assert artifact.size == path.stat().st_size
     assert stored_keys(storage) == [f"sha256/{artifact.sha256[:2]}/{artifact.sha256}"]
+
+
+def test_staged_bytes_are_under_their_key_only_once_published(storage: Storage) -> None:
+    """Staged: a temporary object, not under its key; published: under its key, the temporary
+    one gone; the same bytes published again leave one copy."""
+    data = b"staged bytes"
+    staged = storage.stage([data])
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    assert not storage.exists(staged.sha256)
+    storage.publish(staged)
+    assert storage.exists(staged.sha256)
+    storage.publish(storage.stage([data]))
+    assert stored_keys(storage) == [f"sha256/{staged.sha256[:2]}/{staged.sha256}"]
+
+
+def test_background_publisher_settles_outcomes_once_outputs_are_stored(
+    storage: Storage,
+) -> None:
+    """A job's outcome stands once its outputs are published; a success whose output could not
+    be stored (its staged file vanished) becomes a failure to retry; a failure stays one."""
+    publisher = BackgroundPublisher(storage)
+    stored, lost, failed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    try:
+        writer = StorageOutputWriter(storage, stored, publisher)
+        artifact = writer.put_bytes("document.json", b'{"pages": []}', "application/json")
+        outcome = publisher.settle(stored, Succeeded({}, (artifact,)))
+        assert isinstance(outcome, Succeeded) and storage.exists(artifact.sha256)
+
+        staged = storage.stage([b"will vanish"])
+        storage.fs.rm(staged.temp)
+        publisher.submit(lost, staged)
+        outcome = publisher.settle(lost, Succeeded({}, ()))
+        assert isinstance(outcome, Failed) and not outcome.permanent
+        assert "an output could not be stored" in outcome.error.message
+
+        publisher.submit(failed, storage.stage([b"partial output"]))
+        given = Failed(ErrorInfo("InputError", "the PDF is corrupt"), permanent=True)
+        assert publisher.settle(failed, given) is given
+    finally:
+        publisher.close()
 
 
 def test_default_url_without_scheme_is_a_local_folder(tmp_path: Path) -> None:

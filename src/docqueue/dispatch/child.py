@@ -16,7 +16,7 @@ from docqueue.models import Artifact, Job, Outcome
 from docqueue.processors import builtin_registry
 from docqueue.runner import Runner
 from docqueue.settings import Settings
-from docqueue.storage import Storage
+from docqueue.storage import BackgroundPublisher, Storage
 
 #: Least seconds between two progress reports of one job, so chatty processors stay cheap.
 PROGRESS_INTERVAL = 0.25
@@ -41,7 +41,11 @@ def child_main(
         os.environ.setdefault(variable, str(threads))
     configure_logging(settings)
     retain_freed_memory()
-    runner = Runner(builtin_registry(settings.imports), Storage(settings.resolved_storage_url))
+    storage = Storage(settings.resolved_storage_url)
+    # Outputs are made durable on a thread while the next job of the chunk runs; the chunk's
+    # outcomes go back once they all are.
+    publisher = BackgroundPublisher(storage)
+    runner = Runner(builtin_registry(settings.imports), storage, publisher=publisher)
     runner.resources.warm_up()
     while True:
         try:
@@ -54,7 +58,11 @@ def child_main(
         for index, task in enumerate(chunk):
             slot[0], slot[1] = index, time.time()
             outcomes.append(run_task(conn, cancel, runner, task))
-        conn.send(("done", outcomes))
+        settled = [
+            (job_id, attempt, publisher.settle(job_id, outcome))
+            for job_id, attempt, outcome in outcomes
+        ]
+        conn.send(("done", settled))
 
 
 def run_task(
