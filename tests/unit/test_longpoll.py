@@ -1,7 +1,8 @@
-"""FinishWatch: many long-polls answered by one reader of a real store."""
+"""FinishWatch and EventFeed: many long-polls and event streams, one reader of a real store."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sized
 from concurrent.futures import ThreadPoolExecutor
@@ -9,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import event
 
-from docqueue.api.longpoll import FinishWatch
+from docqueue.api.longpoll import EventFeed, FinishWatch
 from docqueue.errors import NotFound
-from docqueue.models import Completion, JobState, NewJob, Succeeded
+from docqueue.models import Completion, Job, JobEvent, JobState, NewJob, Succeeded
 from docqueue.store import JobStore
 
 
@@ -64,3 +65,73 @@ def test_a_wait_ends_with_the_job_as_it_stands(store: JobStore) -> None:
     store.delete(other.id)
     with pytest.raises(NotFound):
         watch.wait(other, 30)
+
+
+def test_event_streams_get_every_event_and_the_reads_do_not_grow_with_them(
+    store: JobStore,
+) -> None:
+    """20 streams follow 20 jobs while a worker claims, reports progress and finishes them:
+    each stream gets its job's whole timeline in order and ends; the store was read in rounds
+    that ask about several jobs, not per stream."""
+    made = [store.enqueue(NewJob("noop", {"n": n}))[0] for n in range(20)]
+    feed = EventFeed(store)
+    rounds: list[int] = []
+
+    def count(
+        _conn: object, _cursor: object, statement: str, parameters: Sized, *_: object
+    ) -> None:
+        if "job_events.job_id IN" in statement:
+            rounds.append(len(parameters) - 1)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+
+    async def follow(job: Job) -> list[JobEvent]:
+        return [e async for e in feed.follow(job)]
+
+    async def main() -> list[list[JobEvent]]:
+        streams = [asyncio.ensure_future(follow(job)) for job in made]
+        await asyncio.sleep(2 * EventFeed.INTERVAL)  # every stream has read what there is
+        claimed = await asyncio.to_thread(store.claim, "w1", ["default"], 20, lease_seconds=30)
+        progress = [(job.id, job.attempt, 0.5, "half") for job in claimed]
+        await asyncio.to_thread(store.report_progress, progress)
+        await asyncio.sleep(2 * EventFeed.INTERVAL)
+        done = [Completion(job.id, job.attempt, Succeeded()) for job in claimed]
+        await asyncio.to_thread(store.complete, done)
+        return await asyncio.wait_for(asyncio.gather(*streams), 30)
+
+    timelines = asyncio.run(main())
+    for job, timeline in zip(made, timelines, strict=True):
+        assert timeline == store.events(job.id)
+        assert timeline[-1].type == "succeeded" and "progress" in [e.type for e in timeline]
+    assert rounds and max(rounds) > 1, "one read asks about several streams' jobs"
+    assert len(rounds) < 20 * 3
+
+
+def test_an_event_stream_resumes_after_an_id_and_ends_when_its_job_is_gone(
+    store: JobStore,
+) -> None:
+    """A stream that names the last event it has gets only newer ones; a stream on a job
+    deleted while it is followed ends."""
+    feed = EventFeed(store)
+    job, _ = store.enqueue(NewJob("noop"))
+    store.cancel(job.id)
+    everything = store.events(job.id)
+
+    async def follow(after: int) -> list[JobEvent]:
+        return [e async for e in feed.follow(job, after)]
+
+    assert asyncio.run(follow(everything[0].id)) == everything[1:]
+    other, _ = store.enqueue(NewJob("noop"))
+
+    async def follow_then_delete() -> list[JobEvent]:
+        stream = asyncio.ensure_future(follow_other())
+        await asyncio.sleep(2 * EventFeed.INTERVAL)
+        await asyncio.to_thread(store.cancel, other.id)
+        await asyncio.to_thread(store.delete, other.id)
+        return await asyncio.wait_for(stream, 30)
+
+    async def follow_other() -> list[JobEvent]:
+        return [e async for e in feed.follow(other)]
+
+    events = asyncio.run(follow_then_delete())
+    assert events[0].type == "queued"

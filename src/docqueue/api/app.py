@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
-from docqueue.api.longpoll import FinishWatch
+from docqueue.api.longpoll import EventFeed, FinishWatch
 from docqueue.api.metrics import Metrics
 from docqueue.api.middleware import LimitBody, ObserveRequests
 from docqueue.api.problems import install_problem_handlers
@@ -44,6 +44,7 @@ def create_app(settings: Settings, *, service: DocumentQueueService | None = Non
     app.state.workers = WorkerRegistry(service.store.engine)
     app.state.metrics = metrics
     app.state.finish_watch = FinishWatch(service.store)
+    app.state.event_feed = EventFeed(service.store)
     for router in ROUTERS:
         app.include_router(router)
     install_problem_handlers(app)

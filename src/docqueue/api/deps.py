@@ -11,7 +11,7 @@ from uuid import UUID
 
 from fastapi import Depends, Path, Query, Request
 
-from docqueue.api.longpoll import FinishWatch
+from docqueue.api.longpoll import EventFeed, FinishWatch
 from docqueue.api.metrics import Metrics
 from docqueue.processors import Registry
 from docqueue.service import DocumentQueueService
@@ -65,6 +65,11 @@ async def get_finish_watch(request: Request) -> FinishWatch:
     return cast(FinishWatch, request.app.state.finish_watch)
 
 
+async def get_event_feed(request: Request) -> EventFeed:
+    """The app's reader for event streams."""
+    return cast(EventFeed, request.app.state.event_feed)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[DocumentQueueService, Depends(get_service)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
@@ -83,3 +88,4 @@ Wait = Annotated[
     ),
 ]
 FinishWatchDep = Annotated[FinishWatch, Depends(get_finish_watch)]
+EventFeedDep = Annotated[EventFeed, Depends(get_event_feed)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -163,10 +163,31 @@ class JobReader:
         if not job_ids:
             return set()
         with read_transaction(self.engine) as conn:
-            open_ = conn.execute(
-                select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status.not_in(FINISHED))
-            ).scalars()
-            return set(job_ids) - set(open_)
+            return set(job_ids) - _unfinished(conn, job_ids)
+
+    def timelines(self, seen: Mapping[UUID, int]) -> tuple[set[UUID], dict[UUID, list[JobEvent]]]:
+        """For several jobs at once (`seen`: job id to the last event id each has seen): those
+        finished or gone, and each one's newer events, oldest first; one read of the store.
+
+        Statuses are read before events in one snapshot, so the events of a job read as
+        finished include the one that finished it.
+        """
+        if not seen:
+            return set(), {}
+        ids = list(seen)
+        with read_transaction(self.engine) as conn:
+            open_ = _unfinished(conn, ids)
+            rows = conn.execute(
+                select(job_events)
+                .where(job_events.c.job_id.in_(ids), job_events.c.id > min(seen.values()))
+                .order_by(job_events.c.id)
+            ).all()
+        newer: dict[UUID, list[JobEvent]] = {}
+        for row in rows:
+            event = event_from_row(row)
+            if event.id > seen[event.job_id]:
+                newer.setdefault(event.job_id, []).append(event)
+        return set(ids) - open_, newer
 
     def has_due(self, queues: Sequence[str], *, now: datetime | None = None) -> bool:
         """True when a claim on `queues` would find work: a cheap read that takes no write lock."""
@@ -252,3 +273,9 @@ def _decode_cursor(cursor: str) -> UUID:
         raise InputError(
             f"cursor {cursor!r} is not one this server gave out; start without one"
         ) from None
+
+
+def _unfinished(conn: Connection, job_ids: Sequence[UUID]) -> set[UUID]:
+    """Those of `job_ids` that exist and have not finished."""
+    query = select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status.not_in(FINISHED))
+    return set(conn.execute(query).scalars())

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Annotated
 
-import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from docqueue.api.deps import JobId, StoreDep
+from docqueue.api.deps import EventFeedDep, JobId, StoreDep
 from docqueue.api.problems import problem_responses
 from docqueue.api.schemas import EventOut
-from docqueue.errors import NotFound
 from docqueue.models import Job
-from docqueue.store import JobStore
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["events"])
-
-#: Seconds between reads of the timeline while the job runs.
-POLL_INTERVAL = 0.25
 
 
 async def existing_job(job_id: JobId, store: StoreDep) -> Job:
@@ -32,7 +25,7 @@ async def existing_job(job_id: JobId, store: StoreDep) -> Job:
 @router.get("/events", response_class=EventSourceResponse, responses=problem_responses(404, 422))
 async def job_events(
     job: Annotated[Job, Depends(existing_job)],
-    store: StoreDep,
+    feed: EventFeedDep,
     last_event_id: Annotated[
         str | None, Header(description="Resume after this event id (sent by browsers).")
     ] = None,
@@ -43,24 +36,6 @@ async def job_events(
     progress, retry_scheduled, succeeded, failed, cancelled...) and JSON `data`.
     """
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    async for event in _timeline(store, job, after):
-        yield ServerSentEvent(
-            id=str(event.id), event=event.type, data=event.model_dump(mode="json")
-        )
-
-
-async def _timeline(store: JobStore, job: Job, after: int) -> AsyncIterator[EventOut]:
-    """Events after `after`, polled until the job is finished and its last event sent."""
-    while True:
-        # Status first, then events: a finished status read before the events guarantees that
-        # the events read after it include the one that finished the job.
-        try:
-            status = (await to_thread.run_sync(store.get, job.id)).status
-        except NotFound:
-            return  # deleted or pruned while watched
-        for event in await to_thread.run_sync(partial(store.events, job.id, after=after)):
-            after = event.id
-            yield EventOut.of(event)
-        if status.finished:
-            return
-        await anyio.sleep(POLL_INTERVAL)
+    async for event in feed.follow(job, after):
+        out = EventOut.of(event)
+        yield ServerSentEvent(id=str(out.id), event=out.type, data=out.model_dump(mode="json"))
