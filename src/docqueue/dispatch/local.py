@@ -301,8 +301,9 @@ class Supervisor:
             if not self.buffer:
                 return
             size = 1
-            if self._short_jobs():  # a share of the buffer: the next child to finish gets some too
-                size = max(1, min(MAX_CHUNK, len(self.buffer) // len(self.children)))
+            if self._short_jobs():  # at most prefetch_seconds of work, to keep some for the rest
+                most = int(self.settings.prefetch_seconds / max(self.average_run, 1e-4))
+                size = max(1, min(MAX_CHUNK, most, len(self.buffer) // len(idle)))
             if self.settings.max_jobs_per_child:
                 size = min(size, max(1, self.settings.max_jobs_per_child - child.jobs_run))
             child.assign([self.buffer.popleft() for _ in range(min(size, len(self.buffer)))])
