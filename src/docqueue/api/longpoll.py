@@ -169,13 +169,12 @@ class EventFeed:
                     return
             try:
                 finished, newer = self.store.timelines(seen)
-            except Exception:  # the streams wait for the next round
+                with self._lock:
+                    for job_id, followers in self._followers.items():
+                        for follower in followers:
+                            self._offer(follower, newer.get(job_id, []), job_id in finished)
+            except Exception:  # the streams wait for the next round; the reader goes on
                 log.warning("event streams could not read the job store", exc_info=True)
-                continue
-            with self._lock:
-                for job_id, followers in self._followers.items():
-                    for follower in followers:
-                        self._offer(follower, newer.get(job_id, []), job_id in finished)
 
     @staticmethod
     def _offer(follower: _Follower, events: list[JobEvent], finished: bool) -> None:
