@@ -209,10 +209,8 @@ def queued_throughput(server: Server, paths: list[Path], series: int) -> Through
         uploaded = time.time()
         with httpx.Client(base_url=server.url, timeout=120) as client:
             jobs = wait_all(client, ids)
-    last = max(moment(job["finished_at"]) for job in jobs)
-    first = min(moment(job["started_at"]) for job in jobs) - start_at
-    pages = sum(job["result"]["pages_read"] for job in jobs)
-    note = f"first job at {first:+.2f} s"
+    first, last, pages = span(jobs)
+    note = f"first job at {first - start_at:+.2f} s"
     if uploaded > start_at:
         note += f"; uploads ran {uploaded - start_at:.1f} s past the start: NOT only the workers"
     return Throughput(pages, last - start_at, usage, note)
@@ -227,11 +225,16 @@ def service_throughput(server: Server, paths: list[Path], series: int) -> Throug
         submitted = time.time() - started
         with httpx.Client(base_url=server.url, timeout=120) as client:
             jobs = wait_all(client, ids)
-    first = min(moment(job["started_at"]) for job in jobs) - started
-    last = max(moment(job["finished_at"]) for job in jobs)
-    pages = sum(job["result"]["pages_read"] for job in jobs)
-    note = f"first job at {first:.2f} s, uploads done at {submitted:.2f} s"
+    first, last, pages = span(jobs)
+    note = f"first job at {first - started:.2f} s, uploads done at {submitted:.2f} s"
     return Throughput(pages, last - started, usage, note)
+
+
+def span(jobs: list[dict[str, Any]]) -> tuple[float, float, int]:
+    """When the first of `jobs` started and the last finished (Unix seconds), and their pages."""
+    first = min(moment(job["started_at"]) for job in jobs)
+    last = max(moment(job["finished_at"]) for job in jobs)
+    return first, last, sum(job["result"]["pages_read"] for job in jobs)
 
 
 def print_throughput(runs: list[Run]) -> None:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from client import moment, submit, submit_all, wait_finished
+from docqueue.dispatch.child import math_threads
 from server import CONCURRENCY, Server, Usage, cpu_usage
 
 console = Console()
@@ -110,9 +111,7 @@ def load_per_document(texts: list[list[str]], results: Any) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     # As a worker child of `serve --concurrency 2`: the math libraries get the cores divided
     # among the children (dispatch/child.py), so both ways embed with the same threads.
-    threads = str(max(1, (os.cpu_count() or 1) // CONCURRENCY))
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[variable] = threads
+    os.environ.update(math_threads(CONCURRENCY))
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     started = time.perf_counter()

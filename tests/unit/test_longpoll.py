@@ -16,6 +16,21 @@ from docqueue.models import Completion, Job, JobEvent, JobState, NewJob, Succeed
 from docqueue.store import JobStore
 
 
+def ids_per_read(store: JobStore, marks: tuple[str, ...], others: int) -> list[int]:
+    """A list that gets, for every statement run on `store` that holds all of `marks`, how many
+    job ids it asked about (its parameters less the `others`)."""
+    reads: list[int] = []
+
+    def count(
+        _conn: object, _cursor: object, statement: str, parameters: Sized, *_: object
+    ) -> None:
+        if all(mark in statement for mark in marks):
+            reads.append(len(parameters) - others)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    return reads
+
+
 def test_waiters_wake_when_their_jobs_finish_and_the_reads_do_not_grow_with_them(
     store: JobStore,
 ) -> None:
@@ -23,16 +38,8 @@ def test_waiters_wake_when_their_jobs_finish_and_the_reads_do_not_grow_with_them
     succeeded, long before its 30 s, and the store was read in rounds, not per waiter."""
     made = [store.enqueue(NewJob("noop", {"n": n}))[0] for n in range(30)]
     watch = FinishWatch(store)
-    #: Ids asked about in each read of the watcher (the statuses are 3 more parameters).
-    rounds: list[int] = []
-
-    def count(
-        _conn: object, _cursor: object, statement: str, parameters: Sized, *_: object
-    ) -> None:
-        if "jobs.id IN" in statement and "status NOT IN" in statement:
-            rounds.append(len(parameters) - 3)
-
-    event.listen(store.engine, "before_cursor_execute", count)
+    # The statuses are 3 more parameters.
+    rounds = ids_per_read(store, ("jobs.id IN", "status NOT IN"), 3)
     waiting = threading.Barrier(31)
 
     def wait(n: int) -> tuple[int, JobState]:
@@ -75,15 +82,8 @@ def test_event_streams_get_every_event_and_the_reads_do_not_grow_with_them(
     that ask about several jobs, not per stream."""
     made = [store.enqueue(NewJob("noop", {"n": n}))[0] for n in range(20)]
     feed = EventFeed(store)
-    rounds: list[int] = []
-
-    def count(
-        _conn: object, _cursor: object, statement: str, parameters: Sized, *_: object
-    ) -> None:
-        if "job_events.job_id IN" in statement:
-            rounds.append(len(parameters) - 1)
-
-    event.listen(store.engine, "before_cursor_execute", count)
+    # The least event id seen is 1 more parameter.
+    rounds = ids_per_read(store, ("job_events.job_id IN",), 1)
 
     async def follow(job: Job) -> list[JobEvent]:
         return [e async for e in feed.follow(job)]
@@ -118,7 +118,7 @@ def test_an_event_stream_resumes_after_an_id_and_ends_when_its_job_is_gone(
     everything = store.events(job.id)
 
     async def follow(after: int) -> list[JobEvent]:
-        return [e async for e in feed.follow(job, after)]
+        return [e async for e in feed.follow(store.get(job.id), after)]
 
     assert asyncio.run(follow(everything[0].id)) == everything[1:]
     other, _ = store.enqueue(NewJob("noop"))

@@ -22,7 +22,6 @@ from uuid import UUID
 
 from anyio import to_thread
 
-from docqueue.errors import NotFound
 from docqueue.models import Job, JobEvent
 from docqueue.store import JobStore
 
@@ -110,17 +109,14 @@ class EventFeed:
         self._running = False
 
     async def follow(self, job: Job, after: int = 0) -> AsyncIterator[JobEvent]:
-        """The job's events after event id `after`, then each new one; ends once it finished."""
-        # Status first, then events: a finished status read before the events guarantees that
-        # the events read after it include the one that finished the job.
-        try:
-            status = (await to_thread.run_sync(self.store.get, job.id)).status
-        except NotFound:
-            return  # deleted or pruned meanwhile
+        """The events of `job` (as just read from the store) after event id `after`, then each
+        new one; ends once it finished, or is deleted."""
+        # Its status was read before these events: when it says finished, the events read
+        # after it include the one that finished the job.
         for event in await to_thread.run_sync(partial(self.store.events, job.id, after=after)):
             after = event.id
             yield event
-        if status.finished:
+        if job.status.finished:
             return
         follower = _Follower(after, asyncio.get_running_loop())
         self._add(job.id, follower)

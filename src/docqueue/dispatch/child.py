@@ -22,6 +22,14 @@ from docqueue.storage import BackgroundPublisher, Storage
 PROGRESS_INTERVAL = 0.25
 
 Task = tuple[Job, list[Artifact]]
+#: Variables the math libraries (torch, numpy) read their thread count from.
+MATH_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def math_threads(concurrency: int) -> dict[str, str]:
+    """The thread-count variables of one of `concurrency` children: the cores shared out."""
+    threads = str(max(1, (os.cpu_count() or 1) // concurrency))
+    return dict.fromkeys(MATH_THREAD_VARIABLES, threads)
 
 
 def child_main(
@@ -36,9 +44,8 @@ def child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Math libraries (torch, numpy) start a thread per core in every child: share the cores out.
-    threads = max(1, (os.cpu_count() or 1) // settings.concurrency)
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(variable, str(threads))
+    for variable, threads in math_threads(settings.concurrency).items():
+        os.environ.setdefault(variable, threads)
     configure_logging(settings)
     retain_freed_memory()
     storage = Storage(settings.resolved_storage_url)
@@ -47,22 +54,28 @@ def child_main(
     publisher = BackgroundPublisher(storage)
     runner = Runner(builtin_registry(settings.imports), storage, publisher=publisher)
     runner.resources.warm_up()
-    while True:
-        try:
-            chunk: list[Task] | None = conn.recv()
-        except EOFError:
-            return
-        if chunk is None:
-            return
-        outcomes = []
-        for index, task in enumerate(chunk):
-            slot[0], slot[1] = index, time.time()
-            outcomes.append(run_task(conn, cancel, runner, task))
-        settled = [
-            (job_id, attempt, publisher.settle(job_id, outcome))
-            for job_id, attempt, outcome in outcomes
-        ]
-        conn.send(("done", settled))
+    try:
+        while (chunk := _next_chunk(conn)) is not None:
+            outcomes = []
+            for index, task in enumerate(chunk):
+                slot[0], slot[1] = index, time.time()
+                outcomes.append(run_task(conn, cancel, runner, task))
+            settled = [
+                (job_id, attempt, publisher.settle(job_id, outcome))
+                for job_id, attempt, outcome in outcomes
+            ]
+            conn.send(("done", settled))
+    finally:
+        publisher.close()
+
+
+def _next_chunk(conn: Connection) -> list[Task] | None:
+    """The next chunk of jobs; None when the supervisor says so or has gone."""
+    try:
+        chunk: list[Task] | None = conn.recv()
+    except EOFError:
+        return None
+    return chunk
 
 
 def run_task(

