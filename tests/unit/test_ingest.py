@@ -358,3 +358,29 @@ def test_embeddings_come_from_a_model_loaded_once(tmp_path: Path) -> None:
         assert math.isclose(math.fsum(v * v for v in chunk["embedding"]), 1.0, rel_tol=1e-4)
     assert second.document["embedding"]["dimension"] == 384
     assert len(second.document["chunks"][0]["embedding"]) == 384
+
+
+def test_embedded_chunks_fit_the_models_input_window(tmp_path: Path) -> None:
+    """Codes and odd words take several tokens each: 4,000 characters of them are far more than
+    the model's 256 tokens, so chunks end where its window does, and none is cut short."""
+    codes = [
+        " ".join(f"rx{n * 7919 % 10007:05d}q{n:04d}" for n in range(p, p + 120)) for p in (0, 120)
+    ]
+    ingest = Ingest(tmp_path)
+    plain = ingest(build_pdf([[codes[0]], [codes[1]]]), chunk_size=4000, chunk_overlap=100)
+    embedded = ingest(
+        build_pdf([[codes[0]], [codes[1]]]), embed=True, chunk_size=4000, chunk_overlap=100
+    )
+    tokenizer = ingest.resources.get(EMBEDDING_MODEL).tokenizer
+    document = embedded.document
+    assert document["chunking"] == {"chunk_size": 4000, "chunk_overlap": 100, "max_tokens": 254}
+    assert "max_tokens" not in plain.document["chunking"]
+    assert len(plain.document["chunks"]) == 1  # the whole text is one chunk without the window
+    chunks = document["chunks"]
+    assert len(chunks) > 2
+    for chunk, following in itertools.pairwise(chunks):
+        assert following["start"] < chunk["end"]  # overlapping: no text falls between chunks
+    for chunk in chunks:
+        assert embedded.text[chunk["start"] : chunk["end"]] == chunk["text"]
+        assert len(tokenizer(chunk["text"], verbose=False)["input_ids"]) <= 256
+    assert chunks[-1]["end"] == len(embedded.text)

@@ -92,6 +92,14 @@ def test_chunks_cover_the_text_without_overlap_when_asked() -> None:
     assert all(len(chunk.text) <= 100 for chunk in chunks)
 
 
+def test_a_limit_ends_chunks_sooner_than_their_size() -> None:
+    text, spans = join_pages([(1, " ".join(f"w{n:03d}" for n in range(200)))])
+    chunks = chunk_text(text, spans, size=100, overlap=0, limit=lambda start: start + 30)
+    assert " ".join(chunk.text for chunk in chunks) == text
+    assert all(len(chunk.text) <= 30 for chunk in chunks)
+    assert len(chunks) > len(chunk_text(text, spans, size=100, overlap=0))
+
+
 def test_a_word_longer_than_a_chunk_is_cut() -> None:
     text, spans = join_pages([(1, "x" * 250 + " tail")])
     chunks = chunk_text(text, spans, size=100, overlap=10)

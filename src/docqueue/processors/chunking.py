@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 #: What separates two pages in the document text (and in text.txt).
@@ -45,11 +45,19 @@ def join_pages(pages: Sequence[tuple[int, str]]) -> tuple[str, list[PageSpan]]:
     return "".join(parts), spans
 
 
-def chunk_text(text: str, spans: Sequence[PageSpan], size: int, overlap: int) -> list[Chunk]:
+def chunk_text(
+    text: str,
+    spans: Sequence[PageSpan],
+    size: int,
+    overlap: int,
+    limit: Callable[[int], int] | None = None,
+) -> list[Chunk]:
     """Cut `text` into chunks of at most `size` characters that overlap by about `overlap`.
 
     A chunk ends at the last whitespace in its second half (a word longer than that is cut), and
-    the next one starts at a word boundary `overlap` characters before that end.
+    the next one starts at a word boundary `overlap` characters before that end. `limit(start)`,
+    when given, is the farthest end a chunk that begins at `start` may have (an embedding
+    model's input window): the chunk is cut within it, in the same way.
     """
     if not 0 <= overlap < size:
         raise ValueError(f"chunk overlap {overlap} must be at least 0 and less than size {size}")
@@ -58,7 +66,7 @@ def chunk_text(text: str, spans: Sequence[PageSpan], size: int, overlap: int) ->
     length = len(text)
     start = _skip_space(text, 0)
     while start < length:
-        end = _chunk_end(text, start, size)
+        end = _chunk_end(text, start, size if limit is None else min(size, limit(start) - start))
         body = text[start:end].rstrip()
         chunks.append(
             Chunk(len(chunks), body, start, start + len(body), _pages(spans, starts, start, end))
@@ -72,6 +80,7 @@ def chunk_text(text: str, spans: Sequence[PageSpan], size: int, overlap: int) ->
 
 def _chunk_end(text: str, start: int, size: int) -> int:
     """Where the chunk that begins at `start` ends: on whitespace when the text goes on."""
+    size = max(size, 1)
     end = start + size
     if end >= len(text):
         return len(text)

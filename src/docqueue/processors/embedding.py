@@ -42,6 +42,35 @@ def model_dimension(model: Any) -> int:
     return int(model.get_embedding_dimension())
 
 
+def input_window(model: Any, text: str) -> tuple[int, Callable[[int], int]]:
+    """The tokens of text `model` reads at once (the rest it would silently drop), and for
+    chunking `text`: the farthest end a chunk that begins at a character may have for all of
+    it to be read."""
+    import numpy as np
+
+    tokenizer = model.tokenizer
+    room = int(model.max_seq_length) - tokenizer.num_special_tokens_to_add(pair=False)
+    offsets = tokenizer(
+        text,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        return_tensors="np",
+        verbose=False,
+    )["offset_mapping"][0]
+    starts, ends = offsets[:, 0], offsets[:, 1]
+
+    def limit(start: int) -> int:
+        # The first token that reaches past `start`, and the one `room` tokens after it: the
+        # chunk must end before that one begins.
+        first = int(np.searchsorted(ends, start, side="right"))
+        beyond = first + room
+        return int(starts[beyond]) if beyond < len(starts) else len(text)
+
+    return room, limit
+
+
 def embed_texts(
     model: Any,
     texts: Sequence[str],

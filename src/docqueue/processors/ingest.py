@@ -7,6 +7,7 @@ artifact `document.json`; the plain text is `text.txt` (pages separated by a bla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from docqueue.processors.embedding import (
     EMBEDDING_RESOURCE,
     MODEL_NAME,
     embed_texts,
+    input_window,
     model_dimension,
 )
 from docqueue.processors.pdf import (
@@ -55,7 +57,8 @@ class IngestParams(BaseModel):
     #: Characters two neighbouring chunks share, less than chunk_size; by default 200, or a
     #: fifth of chunk_size when that is less.
     chunk_overlap: int | None = Field(default=None, ge=0)
-    #: Also compute an embedding of every chunk.
+    #: Also compute an embedding of every chunk. Chunks then also end where the model's input
+    #: window does (256 tokens for all-MiniLM-L6-v2), so that each is embedded whole.
     embed: bool = False
     #: Refuse PDFs with more pages than this (counting only the selected `pages`).
     max_pages: int | None = Field(default=None, ge=1)
@@ -102,11 +105,16 @@ def run_ingest(ctx: Context) -> JSON:
     text, spans = join_pages(
         [(page.number, page_text(lines)) for page, lines in zip(raw_pages, cleaned, strict=True)]
     )
-    chunks = chunk_text(text, spans, params.chunk_size, params.overlap)
+    chunking: JSON = {"chunk_size": params.chunk_size, "chunk_overlap": params.overlap}
+    limit: Callable[[int], int] | None = None
+    if params.embed:
+        # Every chunk fits the model's input window: a longer one would be embedded only in part.
+        model = ctx.resources.get(EMBEDDING_MODEL)
+        chunking["max_tokens"], limit = input_window(model, text)
+    chunks = chunk_text(text, spans, params.chunk_size, params.overlap, limit)
     embedding: JSON | None = None
     vectors: list[list[float]] | None = None
     if params.embed and chunks:
-        model = ctx.resources.get(EMBEDDING_MODEL)
         vectors = embed_texts(
             model,
             [chunk.text for chunk in chunks],
@@ -120,7 +128,7 @@ def run_ingest(ctx: Context) -> JSON:
     document = {
         "source": {"name": source.name, "sha256": source.sha256, "media_type": source.media_type},
         "metadata": metadata,
-        "chunking": {"chunk_size": params.chunk_size, "chunk_overlap": params.overlap},
+        "chunking": chunking,
         "embedding": embedding,
         "pages": pages,
         "chunks": _chunks_json(chunks, vectors),
