@@ -2,7 +2,8 @@
 loaded per job, and the memory of the worker's children over many jobs.
 
     python bench/ingest.py [--docs 200] [--pages 20] [--repeat 3] [--embed-docs 10]
-                           [--fresh-docs 3] [--memory-jobs 1000] [--memory-warmup 100]
+                           [--embed-pages PAGES] [--fresh-docs 3] [--memory-jobs 1000]
+                           [--memory-warmup 100]
                            [--memory-embed] [--parts throughput,embed,memory] [--quick]
 
 The corpus is generated (bench/corpus.py), the same on every run: --docs text PDFs of --pages
@@ -92,7 +93,7 @@ def main() -> None:
                 if "throughput" in parts:
                     print_throughput(measure_throughput(server, paths, args.repeat))
                 if "embed" in parts:
-                    warm, chunks = warm_embedding(server, paths[: args.embed_docs])
+                    warm, chunks = warm_embedding(server, embedding_corpus(workdir, paths, args))
             if "embed" in parts:
                 print_embedding(warm, cold_embedding(chunks, args.fresh_docs))
         if "memory" in parts:
@@ -102,6 +103,14 @@ def main() -> None:
                 print_memory(measure_memory(server, paths, args), args)
 
 
+def embedding_corpus(workdir: Path, paths: list[Path], args: argparse.Namespace) -> list[Path]:
+    """The documents the embedding part ingests: the corpus's, or of --embed-pages pages."""
+    if args.embed_pages in (None, args.pages):
+        return paths[: args.embed_docs]
+    console.print(f"writing {args.embed_docs} PDFs of {args.embed_pages} pages to embed ...")
+    return write_corpus(workdir / "embed-corpus", args.embed_docs, args.embed_pages)
+
+
 def parse_args() -> argparse.Namespace:
     """Sizes from the command line; --quick shrinks those not given to a smoke run."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -109,6 +118,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pages", type=int, default=20, help="pages per PDF")
     parser.add_argument("--repeat", type=int, default=3, help="throughput runs of each kind")
     parser.add_argument("--embed-docs", type=int, default=10, help="documents embedded each way")
+    parser.add_argument("--embed-pages", type=int, help="pages per PDF to embed (--pages)")
     parser.add_argument("--fresh-docs", type=int, default=3, help="documents, a process each")
     parser.add_argument("--memory-jobs", type=int, default=1000, help="ingest jobs for memory")
     parser.add_argument("--memory-warmup", type=int, default=100, help="jobs before 1st reading")
