@@ -384,3 +384,7 @@ def test_embedded_chunks_fit_the_models_input_window(tmp_path: Path) -> None:
         assert embedded.text[chunk["start"] : chunk["end"]] == chunk["text"]
         assert len(tokenizer(chunk["text"], verbose=False)["input_ids"]) <= 256
     assert chunks[-1]["end"] == len(embedded.text)
+    scan = ingest(build_pdf([Page(image=True), Page()]), embed=True)
+    assert scan.result["chunk_count"] == 0
+    assert scan.result["pages_without_text"] == [1, 2]
+    assert scan.document["chunks"] == []

@@ -66,7 +66,8 @@ def chunk_text(
     length = len(text)
     start = _skip_space(text, 0)
     while start < length:
-        end = _chunk_end(text, start, size if limit is None else min(size, limit(start) - start))
+        room = size if limit is None else max(1, min(size, limit(start) - start))
+        end = _chunk_end(text, start, room)
         body = text[start:end].rstrip()
         chunks.append(
             Chunk(len(chunks), body, start, start + len(body), _pages(spans, starts, start, end))
@@ -80,7 +81,6 @@ def chunk_text(
 
 def _chunk_end(text: str, start: int, size: int) -> int:
     """Where the chunk that begins at `start` ends: on whitespace when the text goes on."""
-    size = max(size, 1)
     end = start + size
     if end >= len(text):
         return len(text)

@@ -58,7 +58,9 @@ def input_window(model: Any, text: str) -> tuple[int, Callable[[int], int]]:
         return_token_type_ids=False,
         return_tensors="np",
         verbose=False,
-    )["offset_mapping"][0]
+    )["offset_mapping"]
+    # (start, end) per token; a text without tokens (a scan has no text layer) has none.
+    offsets = offsets.reshape(-1, 2)
     starts, ends = offsets[:, 0], offsets[:, 1]
 
     def limit(start: int) -> int:
