@@ -6,7 +6,9 @@ half a second: each waiter cost queries of its own, and a job finishing just aft
 answered up to a pause late. Here the waiters register the job they wait for, and one thread
 asks the store every `INTERVAL` which of all the watched jobs have finished (one query, however
 many wait) and wakes those waiters at once. The thread runs only while somebody waits.
-Server-sent event streams are served the same way by `EventFeed`.
+Server-sent event streams are served the same way by `EventFeed`. On SQLite both readers skip
+their query while nothing was committed since their last one (`SqliteChanges`), unless a new
+waiter came meanwhile: its job may have finished before it registered.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from anyio import to_thread
 
 from docqueue.models import Job, JobEvent
 from docqueue.store import JobStore
+from docqueue.store.engine import SqliteChanges, watch_changes
 
 log = logging.getLogger("docqueue.api")
 
@@ -39,6 +42,8 @@ class FinishWatch:
         self._lock = threading.Lock()
         self._waiters: dict[UUID, list[threading.Event]] = {}
         self._running = False
+        #: A waiter came since the last read: read even if nothing was committed.
+        self._fresh = False
 
     def wait(self, job: Job, seconds: float) -> Job:
         """`job` once it has finished, or as it stands after `seconds`."""
@@ -47,6 +52,7 @@ class FinishWatch:
         event = threading.Event()
         with self._lock:
             self._waiters.setdefault(job.id, []).append(event)
+            self._fresh = True
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._watch, name="docqueue-long-poll", daemon=True).start()
@@ -62,22 +68,27 @@ class FinishWatch:
 
     def _watch(self) -> None:
         """Until nobody waits: every INTERVAL, wake the waiters of the jobs that are done."""
-        while True:
-            time.sleep(self.INTERVAL)
-            with self._lock:
-                watched = list(self._waiters)
-                if not watched:
-                    self._running = False
-                    return
-            try:
-                done = self.store.settled(watched)
-            except Exception:  # the waiters time out and answer with the job as it stands
-                log.warning("long-poll could not read the job store", exc_info=True)
-                continue
-            with self._lock:
-                for job_id in done:
-                    for event in self._waiters.get(job_id, ()):
-                        event.set()
+        with watch_changes(self.store.engine) as changes:
+            while True:
+                time.sleep(self.INTERVAL)
+                with self._lock:
+                    watched = list(self._waiters)
+                    fresh, self._fresh = self._fresh, False
+                    if not watched:
+                        self._running = False
+                        return
+                if not _changed(changes) and not fresh:
+                    continue
+                try:
+                    done = self.store.settled(watched)
+                except Exception:  # the waiters time out and answer with the job as it stands
+                    log.warning("long-poll could not read the job store", exc_info=True)
+                    self._fresh = True  # read again next round, changed or not
+                    continue
+                with self._lock:
+                    for job_id in done:
+                        for event in self._waiters.get(job_id, ()):
+                            event.set()
 
 
 @dataclass
@@ -107,6 +118,8 @@ class EventFeed:
         self._lock = threading.Lock()
         self._followers: dict[UUID, list[_Follower]] = {}
         self._running = False
+        #: A stream came since the last read: read even if nothing was committed.
+        self._fresh = False
 
     async def follow(self, job: Job, after: int = 0) -> AsyncIterator[JobEvent]:
         """The events of `job` (as just read from the store) after event id `after`, then each
@@ -138,6 +151,7 @@ class EventFeed:
         """Register a stream, and start the reader if it is not running."""
         with self._lock:
             self._followers.setdefault(job_id, []).append(follower)
+            self._fresh = True
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._read, name="docqueue-events", daemon=True).start()
@@ -153,24 +167,29 @@ class EventFeed:
 
     def _read(self) -> None:
         """Until no stream follows: every INTERVAL, hand each stream its job's new events."""
-        while True:
-            time.sleep(self.INTERVAL)
-            with self._lock:
-                seen = {
-                    job_id: min(f.after for f in followers)
-                    for job_id, followers in self._followers.items()
-                }
-                if not seen:
-                    self._running = False
-                    return
-            try:
-                finished, newer = self.store.timelines(seen)
+        with watch_changes(self.store.engine) as changes:
+            while True:
+                time.sleep(self.INTERVAL)
                 with self._lock:
-                    for job_id, followers in self._followers.items():
-                        for follower in followers:
-                            self._offer(follower, newer.get(job_id, []), job_id in finished)
-            except Exception:  # the streams wait for the next round; the reader goes on
-                log.warning("event streams could not read the job store", exc_info=True)
+                    seen = {
+                        job_id: min(f.after for f in followers)
+                        for job_id, followers in self._followers.items()
+                    }
+                    fresh, self._fresh = self._fresh, False
+                    if not seen:
+                        self._running = False
+                        return
+                if not _changed(changes) and not fresh:
+                    continue
+                try:
+                    finished, newer = self.store.timelines(seen)
+                    with self._lock:
+                        for job_id, followers in self._followers.items():
+                            for follower in followers:
+                                self._offer(follower, newer.get(job_id, []), job_id in finished)
+                except Exception:  # the streams wait for the next round; the reader goes on
+                    log.warning("event streams could not read the job store", exc_info=True)
+                    self._fresh = True  # read again next round, changed or not
 
     @staticmethod
     def _offer(follower: _Follower, events: list[JobEvent], finished: bool) -> None:
@@ -186,3 +205,8 @@ class EventFeed:
             follower.loop.call_soon_threadsafe(follower.wake.set)
         except RuntimeError:  # its event loop has closed: nobody reads this stream any more
             follower.finished = True
+
+
+def _changed(changes: SqliteChanges | None) -> bool:
+    """True when the store may hold something new: always, without a watch (PostgreSQL)."""
+    return changes is None or changes.changed()

@@ -27,13 +27,17 @@ from docqueue.runner import forget_files
 from docqueue.settings import Settings
 from docqueue.storage import Storage
 from docqueue.store import JobStore, WorkerRegistry
-from docqueue.store.engine import Listener
+from docqueue.store.engine import Listener, SqliteChanges
 
 log = logging.getLogger("docqueue.worker")
 #: Seconds a child gets to stop on its own after its job was cancelled, before it is killed.
 CANCEL_GRACE = 5.0
 #: Seconds between idle polls on PostgreSQL, where NOTIFY wakes workers and polls are a fallback.
 NOTIFY_FALLBACK_POLL = 1.0
+#: On SQLite, idle polls ask the store only when something was committed since the last one, or
+#: when this many seconds have passed: a job scheduled for later (`run_at`, a retry's backoff)
+#: comes due without a commit, and starts at most this late.
+DUE_RECHECK = 0.2
 #: Seconds a finished job's outcome may wait to share a commit with others (group commit).
 GROUP_COMMIT_WINDOW = 0.02
 #: Most short jobs handed to a child in one message.
@@ -73,6 +77,7 @@ class Supervisor:
             settings.concurrency * settings.prefetch_seconds, settings.short_job_seconds
         )
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
+        self.changes = None if self.store.is_postgres else SqliteChanges.of(self.store.engine)
         #: Most jobs claimed ahead, however short they are.
         self.prefetch: int = (
             settings.prefetch
@@ -180,6 +185,8 @@ class Supervisor:
         self.workers.stop(self.worker_id)
         if self.listener is not None:
             self.listener.close()
+        if self.changes is not None:
+            self.changes.close()
         log.info("worker %s stopped", self.worker_id)
 
     def _spawn(self) -> ChildHandle:
@@ -272,6 +279,11 @@ class Supervisor:
         if now < self.timers.poll:
             return False
         self.timers.poll = now + self._idle_poll()
+        # Nothing committed since the last look (read before the query, so that a commit
+        # during it is seen next time) and nothing scheduled can have come due yet.
+        if self.changes is not None and not self.changes.changed() and now < self.timers.due:
+            return False
+        self.timers.due = now + DUE_RECHECK
         return self.store.has_due(self.settings.queues)
 
     def _flush_due(self) -> bool:

@@ -102,6 +102,8 @@ class Timers:
     """When the supervisor next does each periodic thing (monotonic seconds)."""
 
     poll: float = 0.0
+    #: On SQLite: when idle polls next ask the store even if nothing was committed.
+    due: float = 0.0
     heartbeat: float = 0.0
     reap: float = 0.0
     prune: float = 0.0

@@ -136,6 +136,58 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+class SqliteChanges:
+    """Tells, in microseconds, whether anything was committed to a SQLite file since the last look.
+
+    `PRAGMA data_version` on a connection of its own changes whenever another connection
+    commits. A poller that asks it first runs its query through the engine (a quarter of a
+    millisecond of Python) only when something changed: an idle worker polls 50 times a second,
+    and those queries alone kept it at 6% of a core.
+    """
+
+    def __init__(self, database: str) -> None:
+        self._conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+        self._version: int | None = None
+
+    @classmethod
+    def of(cls, engine: Engine) -> SqliteChanges | None:
+        """A watch on the engine's SQLite file; None on PostgreSQL or for an in-memory one."""
+        database = engine.url.database
+        if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        if database.startswith("file:") or not Path(database).is_file():
+            return None
+        return cls(database)
+
+    def changed(self) -> bool:
+        """True when a commit happened since the last call (and on the first call, or when the
+        file cannot be read: the caller then asks the store, as it would without a watch)."""
+        try:
+            version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            self._version = None
+            return True
+        changed = version != self._version
+        self._version = version
+        return changed
+
+    def close(self) -> None:
+        """Close its connection."""
+        self._conn.close()
+
+
+@contextmanager
+def watch_changes(engine: Engine) -> Iterator[SqliteChanges | None]:
+    """A `SqliteChanges` on the engine's file for the length of the block (None where there is
+    none to watch: then every look must ask the store)."""
+    changes = SqliteChanges.of(engine)
+    try:
+        yield changes
+    finally:
+        if changes is not None:
+            changes.close()
+
+
 class Listener:
     """A PostgreSQL connection that LISTENs for queued jobs, to wake an idle worker at once.
 
