@@ -2,7 +2,8 @@
 loaded per job, and the memory of the worker's children over many jobs.
 
     python bench/ingest.py [--docs 200] [--pages 20] [--repeat 3] [--embed-docs 10]
-                           [--embed-pages PAGES] [--fresh-docs 3] [--memory-jobs 1000]
+                           [--embed-pages PAGES] [--embed-precision float32|bfloat16]
+                           [--fresh-docs 3] [--memory-jobs 1000]
                            [--memory-warmup 100]
                            [--memory-embed] [--parts throughput,embed,memory] [--quick]
 
@@ -26,6 +27,8 @@ run, on this machine:
    The loop runs with the server stopped, so nothing else competes with it. For scale, the
    first --fresh-docs documents are also embedded by a new process each (Python start-up,
    imports, load, embed), as a worker that starts a process per job would.
+   --embed-precision bfloat16 has both ways embed with bfloat16 arithmetic (where the CPU does
+   it natively; float32 elsewhere, as the service does).
    (bench/ingest_embedding.py holds this part.)
 3. memory: a fresh server with DOCQUEUE_MAX_JOBS_PER_CHILD=0 (children never replaced, so a
    leak cannot hide behind a restart) runs --memory-jobs ingest jobs (the corpus again, each
@@ -58,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from client import finished_count, moment, submit_all, wait_all
 from corpus import distinct_copy, write_corpus
-from ingest_embedding import EMBED, cold_embedding, print_embedding, warm_embedding
+from ingest_embedding import cold_embedding, embed_params, print_embedding, warm_embedding
 from server import Server, Usage, cpu_usage, rss_bytes, running_server
 
 console = Console()
@@ -93,9 +96,11 @@ def main() -> None:
                 if "throughput" in parts:
                     print_throughput(measure_throughput(server, paths, args.repeat))
                 if "embed" in parts:
-                    warm, chunks = warm_embedding(server, embedding_corpus(workdir, paths, args))
+                    documents = embedding_corpus(workdir, paths, args)
+                    warm, chunks = warm_embedding(server, documents, args.embed_precision)
             if "embed" in parts:
-                print_embedding(warm, cold_embedding(chunks, args.fresh_docs))
+                cold = cold_embedding(chunks, args.fresh_docs, args.embed_precision)
+                print_embedding(warm, cold)
         if "memory" in parts:
             with running_server(
                 workdir / "memory", env={"DOCQUEUE_MAX_JOBS_PER_CHILD": "0"}
@@ -119,6 +124,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="throughput runs of each kind")
     parser.add_argument("--embed-docs", type=int, default=10, help="documents embedded each way")
     parser.add_argument("--embed-pages", type=int, help="pages per PDF to embed (--pages)")
+    parser.add_argument(
+        "--embed-precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="embedding arithmetic",
+    )
     parser.add_argument("--fresh-docs", type=int, default=3, help="documents, a process each")
     parser.add_argument("--memory-jobs", type=int, default=1000, help="ingest jobs for memory")
     parser.add_argument("--memory-warmup", type=int, default=100, help="jobs before 1st reading")
@@ -291,7 +302,7 @@ def measure_memory(server: Server, paths: list[Path], args: argparse.Namespace) 
     """RSS of the worker children after the warm-up jobs and after the last job."""
     console.print(f"running {args.memory_jobs:,} ingest jobs, reading the children's RSS ...")
     datas = [path.read_bytes() for path in paths]
-    params = EMBED if args.memory_embed else {}
+    params = embed_params(args.embed_precision) if args.memory_embed else {}
     documents = [
         (f"copy-{n}.pdf", lambda n=n: distinct_copy(datas[n % len(datas)], n))
         for n in range(args.memory_jobs)

