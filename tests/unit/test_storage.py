@@ -23,14 +23,16 @@ BUCKET = "docqueue-test"
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    """A real S3 API on a free local port, served by moto in a thread."""
-    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    """A real S3 API on a free local port, served by moto in a thread (moto[server] and boto3
+    are test dependencies: without them these tests fail, they do not skip)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    boto3 = pytest.importorskip("boto3")
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
