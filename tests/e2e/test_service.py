@@ -356,6 +356,7 @@ def test_embedding_model_loads_once_per_worker_process(start_service: StartServi
         assert job["result"]["embedding"] == {
             "model": "sentence-transformers/all-MiniLM-L6-v2",
             "dimension": 384,
+            "precision": "float32",
         }
     assert service.job_processes() == children, "the same two children ran every job"
     with_torch = [pid for pid in service.pids() if _maps_torch(pid)]

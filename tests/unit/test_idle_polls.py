@@ -3,14 +3,16 @@ the store only after something was committed (PRAGMA data_version), not on every
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import event
 
-from docqueue.api.longpoll import FinishWatch
+from docqueue.api.longpoll import EventFeed, FinishWatch
 from docqueue.dispatch.local import Supervisor
-from docqueue.models import Completion, JobState, NewJob, Succeeded
+from docqueue.models import Completion, Job, JobEvent, JobState, NewJob, Succeeded
 from docqueue.store import JobStore
 from docqueue.store.engine import SqliteChanges, make_engine
 from tests.conftest import quick_settings
@@ -32,8 +34,8 @@ def test_changes_are_the_commits_of_other_connections(database_url: str) -> None
     """The first look says changed; then only a commit elsewhere does, once. PostgreSQL and an
     in-memory SQLite have nothing to watch."""
     store = JobStore.from_url(database_url)
+    changes = SqliteChanges.of(store.engine)
     try:
-        changes = SqliteChanges.of(store.engine)
         if database_url.startswith("postgresql"):
             assert changes is None
             return
@@ -43,8 +45,9 @@ def test_changes_are_the_commits_of_other_connections(database_url: str) -> None
         store.enqueue(NewJob("noop"))
         assert changes.changed()
         assert not changes.changed()
-        changes.close()
     finally:
+        if changes is not None:
+            changes.close()
         store.engine.dispose()
     assert SqliteChanges.of(make_engine("sqlite:///:memory:")) is None
 
@@ -63,25 +66,26 @@ def test_an_idle_worker_asks_the_store_after_a_commit_or_when_a_scheduled_job_ma
         supervisor.timers.poll = 0.0  # the poll interval has passed
         return supervisor._claim_due()
 
+    sqlite = not database_url.startswith("postgresql")
     try:
-        assert not poll() and len(queries) == 1
         assert not poll()
-        sqlite = not database_url.startswith("postgresql")
-        assert len(queries) == (1 if sqlite else 2)
+        assert len(queries) == 1
+        assert not poll()
+        assert len(queries) == (1 if sqlite else 2), "nothing committed: no query on SQLite"
         other.enqueue(NewJob("noop"))
         assert poll(), "a job was queued: the poll finds it"
         [job] = other.claim("w1", ["default"], 1, lease_seconds=30)
         other.complete([Completion(job.id, job.attempt, Succeeded())])
         before = len(queries)
-        assert not poll() and len(queries) == before + 1, "a commit: the poll asks"
-        assert not poll() and len(queries) == before + (1 if sqlite else 2)
+        assert not poll()
+        assert len(queries) == before + 1, "a commit: the poll asks"
+        assert not poll()
+        assert len(queries) == before + (1 if sqlite else 2)
         supervisor.timers.due = 0.0  # the recheck for jobs that come due by the clock
-        assert not poll() and len(queries) == before + (2 if sqlite else 3)
+        assert not poll()
+        assert len(queries) == before + (2 if sqlite else 3)
     finally:
-        if supervisor.changes is not None:
-            supervisor.changes.close()
-        supervisor.writer.close()
-        supervisor.store.engine.dispose()
+        supervisor.close()
         other.engine.dispose()
 
 
@@ -104,3 +108,67 @@ def test_a_long_poll_reads_the_store_only_when_something_was_committed(store: Jo
         assert idle_reads >= 5, "without a watch every round reads"
     else:
         assert idle_reads == 1
+
+
+def wait_for_read(reads: list[str], after: int) -> None:
+    """Until the store was read more than `after` times (a reader's round went by)."""
+    deadline = time.monotonic() + 10
+    while len(reads) <= after:
+        assert time.monotonic() < deadline, "the reader did not read the store"
+        time.sleep(0.01)
+
+
+def finish(store: JobStore, job: Job) -> None:
+    """Run `job` to success, as a worker would."""
+    claimed = store.claim_job(job.id, "w1", lease_seconds=30)
+    assert claimed is not None
+    store.complete([Completion(job.id, claimed.attempt, Succeeded())])
+
+
+def test_a_waiter_that_comes_after_its_job_finished_is_answered(store: JobStore) -> None:
+    """A request reads its job (queued); the job finishes; the reader, running for another
+    waiter, sees that commit; only then does the request wait: it is answered at once, not
+    after its 30 s, though nothing was committed since the reader last looked."""
+    watch = FinishWatch(store)
+    kept, _ = store.enqueue(NewJob("noop", {"n": 1}))
+    late, _ = store.enqueue(NewJob("noop", {"n": 2}))  # as the request read it: queued
+    reads = statements(store, "status NOT IN")
+    keeper = threading.Thread(target=watch.wait, args=(kept, 30))
+    keeper.start()
+    wait_for_read(reads, 0)
+    finish(store, late)
+    wait_for_read(reads, len(reads))
+    started = time.monotonic()
+    assert watch.wait(late, 30).status == JobState.SUCCEEDED
+    assert time.monotonic() - started < 10, "answered by the reader, not by the timeout"
+    finish(store, kept)
+    keeper.join(10)
+    assert not keeper.is_alive()
+
+
+def test_a_stream_that_comes_after_its_job_finished_ends(store: JobStore) -> None:
+    """The same for event streams: a stream opened on a job read as queued, which finished
+    before the stream registered, gets the job's last events and ends (without the new
+    stream's own read it would wait for a commit that never comes)."""
+    feed = EventFeed(store)
+    kept, _ = store.enqueue(NewJob("noop", {"n": 1}))
+    late, _ = store.enqueue(NewJob("noop", {"n": 2}))
+    reads = statements(store, "job_events.job_id IN")
+
+    async def follow(job: Job) -> list[JobEvent]:
+        return [e async for e in feed.follow(job)]
+
+    async def main() -> list[JobEvent]:
+        keeper = asyncio.ensure_future(follow(kept))
+        await asyncio.to_thread(wait_for_read, reads, 0)
+        await asyncio.to_thread(finish, store, late)
+        await asyncio.to_thread(wait_for_read, reads, len(reads))
+        # `late` as read before it finished; its first events come from the stream's own read.
+        events = await asyncio.wait_for(follow(late), 10)
+        await asyncio.to_thread(finish, store, kept)
+        await asyncio.wait_for(keeper, 10)
+        return events
+
+    events = asyncio.run(main())
+    assert events == store.events(late.id)
+    assert events[-1].type == "succeeded"

@@ -24,8 +24,7 @@ def test_prefetch_defaults_by_store_and_follows_the_setting(
         expected = default if explicit is None else explicit
         assert supervisor.prefetch == expected
     finally:
-        supervisor.writer.close()
-        supervisor.store.engine.dispose()
+        supervisor.close()
 
 
 @pytest.mark.parametrize(
@@ -43,8 +42,7 @@ def test_prefetch_holds_a_quarter_second_of_work_per_child(
         supervisor.average_run = average_run
         assert supervisor._want() == (supervisor.prefetch if expected == "cap" else expected)
     finally:
-        supervisor.writer.close()
-        supervisor.store.engine.dispose()
+        supervisor.close()
 
 
 def test_jobs_not_yet_timed_are_claimed_one_per_free_child(
@@ -57,5 +55,4 @@ def test_jobs_not_yet_timed_are_claimed_one_per_free_child(
     try:
         assert supervisor._want() == 0  # no children here, so none idle
     finally:
-        supervisor.writer.close()
-        supervisor.store.engine.dispose()
+        supervisor.close()

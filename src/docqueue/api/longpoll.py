@@ -25,8 +25,7 @@ from uuid import UUID
 from anyio import to_thread
 
 from docqueue.models import Job, JobEvent
-from docqueue.store import JobStore
-from docqueue.store.engine import SqliteChanges, watch_changes
+from docqueue.store import JobStore, SqliteChanges, watch_changes
 
 log = logging.getLogger("docqueue.api")
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from collections import deque
+from contextlib import closing
 from datetime import timedelta
 from multiprocessing.connection import wait
 from types import FrameType
@@ -77,7 +78,7 @@ class Supervisor:
             settings.concurrency * settings.prefetch_seconds, settings.short_job_seconds
         )
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
-        self.changes = None if self.store.is_postgres else SqliteChanges.of(self.store.engine)
+        self.changes = SqliteChanges.of(self.store.engine)
         #: Most jobs claimed ahead, however short they are.
         self.prefetch: int = (
             settings.prefetch
@@ -99,12 +100,23 @@ class Supervisor:
         )
         log.info("worker %s started on queues %s", self.worker_id, ",".join(self.settings.queues))
         self.children = [self._spawn() for _ in range(self.settings.concurrency)]
-        try:
-            with startup_objects_frozen():
-                while self._step():
-                    pass
-        finally:
-            self._shutdown()
+        with closing(self):
+            try:
+                with startup_objects_frozen():
+                    while self._step():
+                        pass
+            finally:
+                self._shutdown()
+
+    def close(self) -> None:
+        """Release what the supervisor holds open: the writer's thread and the connections to
+        the store. `run` ends with this; the owner of a supervisor that never ran calls it."""
+        self.writer.close()
+        if self.listener is not None:
+            self.listener.close()
+        if self.changes is not None:
+            self.changes.close()
+        self.store.engine.dispose()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """First call: stop claiming and let running jobs finish; second call: stop now."""
@@ -179,14 +191,9 @@ class Supervisor:
             self._write(block=True)
         except DBAPIError as exc:  # the leases will expire and the reaper will take the jobs back
             log.error("could not record the last outcomes or give jobs back: %s", exc)
-        self.writer.close()
         for child in self.children:
             child.stop()
         self.workers.stop(self.worker_id)
-        if self.listener is not None:
-            self.listener.close()
-        if self.changes is not None:
-            self.changes.close()
         log.info("worker %s stopped", self.worker_id)
 
     def _spawn(self) -> ChildHandle:

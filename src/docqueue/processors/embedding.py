@@ -86,17 +86,19 @@ def usable_precision(asked: Precision) -> Precision:
 
 @cache
 def _native_bfloat16() -> bool:
-    """True when this CPU has bfloat16 instructions that torch's CPU kernels use."""
+    """True when this CPU has bfloat16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm)."""
     import torch
 
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        capabilities = torch.cpu.get_capabilities()
     except (AttributeError, RuntimeError):  # a torch without the check: assume not
         return False
+    return any(capabilities.get(name) for name in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
 
 
 def _arithmetic(precision: Precision) -> AbstractContextManager[Any]:
-    """Matrix products in `precision` within the block (weights and vectors stay float32)."""
+    """The block computes in `precision`: under bfloat16, matrix products and the activations
+    between them (the weights stay float32, and so do the vectors returned)."""
     if precision == "float32":
         return nullcontext()
     import torch

@@ -185,9 +185,7 @@ def _summary(
         "outputs": ["document.json", "text.txt"],
     }
     if embedding is not None:
-        summary["embedding"] = {
-            key: embedding[key] for key in ("model", "dimension", "precision")
-        }
+        summary["embedding"] = {key: embedding[key] for key in ("model", "dimension", "precision")}
     return summary
 
 

@@ -146,18 +146,22 @@ class SqliteChanges:
     """
 
     def __init__(self, database: str) -> None:
-        self._conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(database, isolation_level=None)
         self._version: int | None = None
 
     @classmethod
     def of(cls, engine: Engine) -> SqliteChanges | None:
-        """A watch on the engine's SQLite file; None on PostgreSQL or for an in-memory one."""
+        """A watch on the engine's SQLite file; None on PostgreSQL, for an in-memory one, or
+        when it cannot be opened (then every look asks the store, as without a watch)."""
         database = engine.url.database
         if engine.dialect.name != "sqlite" or not database or database == ":memory:":
             return None
         if database.startswith("file:") or not Path(database).is_file():
             return None
-        return cls(database)
+        try:
+            return cls(database)
+        except sqlite3.Error:  # no file handle to spare, say: look through the engine instead
+            return None
 
     def changed(self) -> bool:
         """True when a commit happened since the last call (and on the first call, or when the
