@@ -231,15 +231,35 @@ def test_processor_reported_cancellation(store: JobStore) -> None:
 
 
 def test_retry_by_hand(store: JobStore) -> None:
-    """A failed job can be queued again with fresh attempts; a queued one cannot."""
+    """A failed job can be queued again with fresh attempts, numbered on from the last one, and
+    without the old error; a queued one cannot."""
     job, _ = store.enqueue(NewJob("noop", max_attempts=1))
     claimed = claim(store)[0]
     store.complete([Completion(job.id, claimed.attempt, Failed(ErrorInfo("E", "x")))])
     again = store.retry(job.id)
-    assert again.status == JobState.QUEUED and again.attempt == 0
+    assert again.status == JobState.QUEUED and again.error is None
+    assert (again.attempt, again.max_attempts) == (1, 2)
     with pytest.raises(Conflict):
         store.retry(job.id)
-    assert claim(store)[0].attempt == 1
+    assert claim(store)[0].attempt == 2
+
+
+def test_a_cancelled_attempt_cannot_complete_the_retried_job(store: JobStore) -> None:
+    """Worker A runs attempt 1; the job is cancelled and retried, and worker B claims it: A's
+    late outcome is refused (its attempt number is not the running one), B's is recorded."""
+    job, _ = store.enqueue(NewJob("noop"))
+    [first] = store.claim("a", ["default"], 1, lease_seconds=LEASE)
+    store.cancel(job.id)
+    store.retry(job.id)
+    [second] = store.claim("b", ["default"], 1, lease_seconds=LEASE)
+    assert second.attempt != first.attempt
+    late = Completion(job.id, first.attempt, Succeeded({"by": "a"}))
+    assert store.complete([late]) == [None]
+    assert store.get(job.id).status == JobState.RUNNING
+    assert store.complete([Completion(job.id, second.attempt, Succeeded({"by": "b"}))]) == [
+        JobState.SUCCEEDED
+    ]
+    assert store.get(job.id).result == {"by": "b"}
 
 
 def test_idempotency_key_returns_the_same_job(store: JobStore) -> None:

@@ -165,7 +165,12 @@ class JobRequests(JobReader):
         return job_from_row(row)
 
     def retry(self, job_id: UUID, *, now: datetime | None = None) -> Job:
-        """Queue a failed or cancelled job again, with a fresh set of attempts."""
+        """Queue a failed or cancelled job again, with a fresh set of attempts.
+
+        Attempt numbers go on from where they were (3 attempts of 3 become 3 of 6): the number
+        is the fence of an outcome, and a worker still running a cancelled attempt must not
+        complete the attempt that the retry starts.
+        """
         now = now or utcnow()
         with write_transaction(self.engine) as conn:
             row = conn.execute(
@@ -176,7 +181,7 @@ class JobRequests(JobReader):
                 )
                 .values(
                     status=QUEUED,
-                    attempt=0,
+                    max_attempts=jobs.c.max_attempts + jobs.c.attempt,
                     run_at=now,
                     finished_at=None,
                     started_at=None,
@@ -184,6 +189,7 @@ class JobRequests(JobReader):
                     progress=None,
                     progress_message=None,
                     result=None,
+                    error=None,
                 )
                 .returning(*jobs.c)
             ).first()
