@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from docqueue.errors import Conflict
+from docqueue.errors import Conflict, InvalidJob
 from docqueue.models import (
     JSON,
     Artifact,
@@ -111,7 +111,14 @@ class DocumentQueueService:
         processor = self.registry.get(operation)
         clean = self._limited(processor, self.registry.validate(operation, params or {}))
         if delay is not None:
-            run_at = utcnow() + timedelta(seconds=delay)
+            try:
+                run_at = utcnow() + timedelta(seconds=delay)
+            except (OverflowError, ValueError):
+                raise InvalidJob(f"delay {delay} is not a number of seconds to wait") from None
+        if run_at is not None and run_at.utcoffset() is None:
+            raise InvalidJob(
+                f"run_at {run_at.isoformat()} has no time zone; give one (UTC: ...Z or +00:00)"
+            )
         new = NewJob(
             operation=operation,
             params=clean,

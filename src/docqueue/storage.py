@@ -112,14 +112,25 @@ class Storage:
         digest = hashlib.sha256()
         size = 0
         temp = self._temp_key("upload")
+        out = self.fs.open(temp, "wb", block_size=UPLOAD_PART)
         try:
-            with self.fs.open(temp, "wb", block_size=UPLOAD_PART) as out:
-                for chunk in _chunks(source):
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise TooLarge(max_bytes)
-                    digest.update(chunk)
-                    out.write(chunk)
+            for chunk in _chunks(source):
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise TooLarge(max_bytes)
+                digest.update(chunk)
+                out.write(chunk)
+        except BaseException:
+            # Closing would commit what was written (on S3: complete the multipart upload);
+            # discarding aborts it, so nothing of a refused or broken upload is kept.
+            with contextlib.suppress(Exception):
+                out.discard()
+            with contextlib.suppress(Exception):
+                out.close()
+            self._remove_quietly(temp)
+            raise
+        try:
+            out.close()
         except BaseException:
             self._remove_quietly(temp)
             raise

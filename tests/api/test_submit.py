@@ -211,6 +211,13 @@ def test_unknown_content_type_is_415(client: httpx.Client) -> None:
             "not both",
         ),
         ({"operation": "noop", "colour": "red"}, "validation-error", "colour"),
+        ({"operation": "noop", "priority": True}, "validation-error", "priority"),
+        ({"operation": "noop", "delay": 1e12}, "validation-error", "delay"),
+        (
+            {"operation": "noop", "run_at": "2030-01-01T00:00:00"},
+            "validation-error",
+            "timezone",
+        ),
         ({"params": {}}, "validation-error", "operation"),
         ({"operation": "ingest"}, "invalid-job", "needs an input file"),
     ],
@@ -241,6 +248,39 @@ def test_malformed_bodies_are_422(client: httpx.Client) -> None:
     ]
     file_for_noop = _upload(client, make_pdf(), operation="noop")
     assert "takes no input file" in assert_problem(file_for_noop, 422, "invalid-job")["detail"]
+
+
+def test_hostile_bodies_are_422_and_the_server_goes_on(client: httpx.Client) -> None:
+    """JSON nested past what a parser reads, an infinite delay, a field sent twice, an empty
+    Idempotency-Key: each a 422 that says what to fix, and the next submission is accepted."""
+    deep = b'{"operation": "noop", "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    problem = assert_problem(
+        client.post("/v1/jobs", content=deep, headers={"content-type": "application/json"}),
+        422,
+        "validation-error",
+    )
+    assert "nested too deeply" in problem["detail"]
+    deep_params = client.post(
+        "/v1/jobs", data={"operation": "noop", "params": "[" * 100_000 + "]" * 100_000}
+    )
+    assert assert_problem(deep_params, 422, "validation-error")["errors"][0]["loc"] == [
+        "body",
+        "params",
+    ]
+    endless = client.post("/v1/jobs", data={"operation": "noop", "delay": "inf"})
+    assert assert_problem(endless, 422, "validation-error")["errors"][0]["loc"] == [
+        "body",
+        "delay",
+    ]
+    twice = client.post(
+        "/v1/jobs",
+        content=b"operation=noop&operation=ingest",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert "given twice" in assert_problem(twice, 422, "validation-error")["detail"]
+    unkeyed = client.post("/v1/jobs", json={"operation": "noop"}, headers={"Idempotency-Key": ""})
+    assert_problem(unkeyed, 422, "validation-error")
+    assert client.post("/v1/jobs", json={"operation": "noop"}).status_code == 202
 
 
 def test_full_queue_is_429_with_retry_after(serve: Serve) -> None:

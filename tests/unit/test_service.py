@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,18 @@ def test_bad_input_is_refused_whole(
     with pytest.raises(InvalidJob, match=message.replace("(", r"\(").replace(")", r"\)")):
         service.enqueue(b"%PDF-1.4", operation, params=params)
     assert count_rows(service) == before
+
+
+def test_a_time_without_a_zone_or_past_the_calendar_is_refused(
+    service: DocumentQueueService,
+) -> None:
+    """run_at must say its time zone (a naive time is ambiguous); a delay past what a date can
+    hold is no delay: both are refused whole, naming what to give instead."""
+    before = count_rows(service)
+    with pytest.raises(InvalidJob, match="has no time zone"):
+        service.enqueue(None, "noop", run_at=datetime(2030, 1, 1))
+    with pytest.raises(InvalidJob, match="delay"):
+        service.enqueue(None, "noop", delay=1e300)
+    assert count_rows(service) == before
+    later = service.enqueue(None, "noop", run_at=datetime(2030, 1, 1, tzinfo=UTC))
+    assert later.status == JobState.SCHEDULED

@@ -249,3 +249,27 @@ def test_default_url_without_scheme_is_a_local_folder(tmp_path: Path) -> None:
 )
 def test_pdf_is_told_from_its_first_bytes(head: bytes, expected: str | None) -> None:
     assert sniff_media_type(head) == expected
+
+
+def test_an_upload_refused_midway_is_never_committed_on_s3(s3_endpoint: str) -> None:
+    """Past the limit after a first 5 MiB part went up, the multipart upload is aborted: S3
+    never completes it (a crash before the cleanup would otherwise leave the bytes)."""
+    storage = Storage(
+        f"s3://{BUCKET}/{uuid.uuid4().hex}",
+        endpoint_url=s3_endpoint,
+        key="testing",
+        secret="testing",
+        client_kwargs={"region_name": "us-east-1"},
+    )
+    calls: list[str] = []
+    storage.fs.connect()
+    storage.fs.s3.meta.events.register(
+        "before-call.s3", lambda model, **_: calls.append(model.name)
+    )
+    part = b"x" * (1 << 20)
+    with pytest.raises(TooLarge):
+        storage.put_stream([part] * 8, max_bytes=7 * len(part))
+    assert "UploadPart" in calls, "a part went up before the limit was passed"
+    assert "CompleteMultipartUpload" not in calls and "PutObject" not in calls
+    assert "AbortMultipartUpload" in calls
+    assert stored_keys(storage) == []

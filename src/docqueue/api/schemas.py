@@ -7,7 +7,15 @@ from typing import Any, Self
 from urllib.parse import quote
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from docqueue.models import (
     JSON,
@@ -29,6 +37,10 @@ def job_path(job_id: UUID) -> str:
     return f"/v1/jobs/{job_id}"
 
 
+#: Most seconds a job may be delayed: ten years.
+MAX_DELAY = 10 * 365 * 24 * 3600
+
+
 class JobSubmission(BaseModel):
     """What `POST /v1/jobs` takes, as a JSON body or as the fields of a multipart form."""
 
@@ -39,13 +51,13 @@ class JobSubmission(BaseModel):
     #: Params of the operation, checked against its model.
     params: JSON = Field(default_factory=dict)
     #: `high`, `normal`, `low` or a number 0-9; higher runs first.
-    priority: int | str = "normal"
+    priority: StrictInt | str = "normal"
     #: Queue to put the job in; the operation's own queue when left out.
     queue: str | None = Field(default=None, min_length=1, max_length=200)
-    #: Run no earlier than this time.
-    run_at: datetime | None = None
-    #: Run no earlier than this many seconds from now.
-    delay: float | None = Field(default=None, ge=0)
+    #: Run no earlier than this time (with its UTC offset: 2030-01-01T09:00:00Z).
+    run_at: AwareDatetime | None = None
+    #: Run no earlier than this many seconds from now (at most ten years).
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY, allow_inf_nan=False)
     #: Attempts before the job fails for good; the operation's own setting when left out.
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     #: The sha256 of a file already stored (an earlier job's input or output) to run on again.

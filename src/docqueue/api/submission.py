@@ -30,6 +30,7 @@ UNKNOWN_TYPE = "application/octet-stream"
 MAX_JSON_BYTES = 16 * 1024 * 1024
 #: Fields a form may carry besides the file: the JSON body's fields.
 MAX_FORM_FIELDS = len(JobSubmission.model_fields) + 1
+TOO_DEEP = "the JSON is nested too deeply to read; flatten it"
 
 
 @dataclass
@@ -83,6 +84,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _invalid(("body",), f"the body is not JSON: {exc}", "json_invalid") from None
+    except RecursionError:
+        raise _invalid(("body",), TOO_DEEP, "json_invalid") from None
     if not isinstance(value, dict):
         raise _invalid(("body",), "the body must be a JSON object", "dict_type")
     return value
@@ -97,6 +100,8 @@ def _split_form(form: FormData) -> tuple[UploadFile | None, dict[str, Any]]:
             if key != "file":
                 raise _invalid(("body", key), "send the input file in the field `file`")
             upload = value
+        elif key in raw:
+            raise _invalid(("body", key), f"the field `{key}` is given twice; send it once")
         elif value != "":
             raw[key] = value
     if isinstance(raw.get("params"), str):
@@ -106,6 +111,8 @@ def _split_form(form: FormData) -> tuple[UploadFile | None, dict[str, Any]]:
             raise _invalid(
                 ("body", "params"), f"params is not JSON: {exc}", "json_invalid"
             ) from None
+        except RecursionError:
+            raise _invalid(("body", "params"), TOO_DEEP, "json_invalid") from None
     return upload, raw
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import SynchronizedArray
-from multiprocessing.synchronize import Event
 from uuid import UUID
 
 from docqueue.heap import retain_freed_memory
@@ -32,13 +33,13 @@ def math_threads(concurrency: int) -> dict[str, str]:
     return dict.fromkeys(MATH_THREAD_VARIABLES, threads)
 
 
-def child_main(
-    conn: Connection, cancel: Event, slot: SynchronizedArray[float], settings: Settings
-) -> None:
+def child_main(conn: Connection, slot: SynchronizedArray[float], settings: Settings) -> None:
     """Serve chunks of jobs from `conn` until it closes or says None.
 
     `slot` tells the supervisor which job of the chunk runs and since when (index, wall time),
-    without a message per job: that is what its timeouts and crash accounting read.
+    without a message per job: that is what its timeouts and crash accounting read. Its third
+    value is the supervisor's: the index of a job to stop (cancelled, or its lease lost), so
+    that a cancellation stops that job and none of those after it.
     """
     # The supervisor decides when children stop; Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -59,7 +60,7 @@ def child_main(
             outcomes = []
             for index, task in enumerate(chunk):
                 slot[0], slot[1] = index, time.time()
-                outcomes.append(run_task(conn, cancel, runner, task))
+                outcomes.append(run_task(conn, runner, task, partial(_stopped, slot, index)))
             settled = [
                 (job_id, attempt, publisher.settle(job_id, outcome))
                 for job_id, attempt, outcome in outcomes
@@ -78,8 +79,13 @@ def _next_chunk(conn: Connection) -> list[Task] | None:
     return chunk
 
 
+def _stopped(slot: SynchronizedArray[float], index: int) -> bool:
+    """True when the supervisor asked the child to stop the job at `index` of its chunk."""
+    return int(slot[2]) == index
+
+
 def run_task(
-    conn: Connection, cancel: Event, runner: Runner, task: Task
+    conn: Connection, runner: Runner, task: Task, is_cancelled: Callable[[], bool]
 ) -> tuple[UUID, int, Outcome]:
     """Run one job, sending its progress back; return its outcome."""
     job, inputs = task
@@ -94,5 +100,5 @@ def run_task(
             last_report = now
             conn.send(("progress", job.id, job.attempt, fraction, message))
 
-    outcome = runner.execute(job, inputs, progress=progress, is_cancelled=cancel.is_set)
+    outcome = runner.execute(job, inputs, progress=progress, is_cancelled=is_cancelled)
     return job.id, job.attempt, outcome

@@ -439,6 +439,8 @@ class Supervisor:
                 continue
             _, started = child.position()
             timeout = self._timeout(running)
+            if child.kill_at is not None and not child.runs_stopped_job():
+                child.kill_at = None  # the stopped job ended in time; the child went on
             if child.kill_at is not None and now >= child.kill_at:
                 log.info(
                     "job %s did not stop within %ss of its cancellation", running.id, CANCEL_GRACE
@@ -467,14 +469,28 @@ class Supervisor:
             reaped = self.store.reap_expired()
             if reaped:
                 log.warning("took back %d jobs whose worker stopped renewing the lease", reaped)
-        if now >= self.timers.prune and self.settings.retention_days:
+        if now >= self.timers.prune:
             self.timers.prune = now + PRUNE_INTERVAL
-            removed = self.store.prune(timedelta(days=self.settings.retention_days))
-            if removed:
-                files = forget_files(self.store, self.storage, removed)
-                log.info(
-                    "pruned finished jobs past retention; %d stored files went with them", files
-                )
+            self._sweep_temp()
+            if self.settings.retention_days:
+                removed = self.store.prune(timedelta(days=self.settings.retention_days))
+                if removed:
+                    files = forget_files(self.store, self.storage, removed)
+                    log.info(
+                        "pruned finished jobs past retention; %d stored files went with them",
+                        files,
+                    )
+
+    def _sweep_temp(self) -> None:
+        """Remove temporary files an upload or a job left behind when its process died (an
+        hour old: none is in use any more); storage that fails now is swept next time."""
+        try:
+            removed = self.storage.remove_stale_temp()
+        except Exception as exc:
+            log.warning("could not sweep temporary files from %s: %s", self.storage, exc)
+            return
+        if removed:
+            log.info("removed %d temporary files left by interrupted uploads or jobs", removed)
 
     def _heartbeat(self) -> None:
         """Renew leases; stop the children whose running job was cancelled or taken back."""
@@ -490,5 +506,4 @@ class Supervisor:
             running = child.current()
             if running is not None and running.id in lost and child.kill_at is None:
                 log.info("job %s was cancelled or taken back; stopping it", running.id)
-                child.cancel.set()
-                child.kill_at = time.monotonic() + CANCEL_GRACE
+                child.stop_job(running, CANCEL_GRACE)

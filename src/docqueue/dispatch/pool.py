@@ -9,7 +9,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import SynchronizedArray
-from multiprocessing.synchronize import Event
 from uuid import UUID
 
 from docqueue.dispatch.child import Task, child_main
@@ -23,8 +22,8 @@ class ChildHandle:
 
     process: BaseProcess
     conn: Connection
-    cancel: Event
-    #: [index of the running job in `tasks`, wall time it started], written by the child.
+    #: [index of the running job in `tasks`, wall time it started], written by the child, and
+    #: the index of the job to stop (-1: none), written by the supervisor.
     slot: SynchronizedArray[float]
     tasks: list[Task] = field(default_factory=list)
     assigned_at: float = 0.0
@@ -35,14 +34,11 @@ class ChildHandle:
     def spawn(cls, mp: ForkServerContext, settings: Settings) -> ChildHandle:
         """Start a child process."""
         parent_conn, child_conn = mp.Pipe()
-        cancel = mp.Event()
-        slot = mp.Array("d", [0.0, 0.0])
-        process = mp.Process(
-            target=child_main, args=(child_conn, cancel, slot, settings), daemon=True
-        )
+        slot = mp.Array("d", [0.0, 0.0, -1.0])
+        process = mp.Process(target=child_main, args=(child_conn, slot, settings), daemon=True)
         process.start()
         child_conn.close()
-        return cls(process=process, conn=parent_conn, cancel=cancel, slot=slot)
+        return cls(process=process, conn=parent_conn, slot=slot)
 
     @property
     def busy(self) -> bool:
@@ -52,8 +48,7 @@ class ChildHandle:
     def assign(self, tasks: list[Task]) -> None:
         """Hand it a chunk of jobs to run one after the other."""
         with self.slot.get_lock():
-            self.slot[0], self.slot[1] = 0, time.time()
-        self.cancel.clear()
+            self.slot[0], self.slot[1], self.slot[2] = 0, time.time(), -1
         self.tasks = tasks
         self.assigned_at = time.monotonic()
         self.kill_at = None
@@ -76,6 +71,19 @@ class ChildHandle:
     def current(self) -> Job | None:
         """The job it runs now."""
         return self.split()[1]
+
+    def stop_job(self, job: Job, grace: float) -> None:
+        """Ask it to stop `job`, one of its chunk, and to be killed if it still runs that job
+        `grace` seconds from now."""
+        index = next(n for n, (held, _) in enumerate(self.tasks) if held.id == job.id)
+        with self.slot.get_lock():
+            self.slot[2] = index
+        self.kill_at = time.monotonic() + grace
+
+    def runs_stopped_job(self) -> bool:
+        """True while the job it was asked to stop is still the one it runs."""
+        with self.slot.get_lock():
+            return int(self.slot[2]) >= 0 and int(self.slot[0]) == int(self.slot[2])
 
     def held(self) -> list[tuple[Job, bool]]:
         """Every job it holds, each with whether it is the one running."""

@@ -77,7 +77,11 @@ def submit_job(
     wait: Wait = 0,
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=255, description="The same key gives the same job, stored once."),
+        Header(
+            min_length=1,
+            max_length=255,
+            description="The same key gives the same job, stored once.",
+        ),
     ] = None,
 ) -> JobOut:
     """Submit a job (JSON, or multipart with the file in `file`); 202 with its id at once."""

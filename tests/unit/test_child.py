@@ -1,0 +1,43 @@
+"""A worker child process, real and forked as the supervisor forks it, running a chunk of jobs."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import uuid4
+
+from docqueue.dispatch.pool import ChildHandle
+from docqueue.models import Cancelled, Job, JobState, Succeeded
+from tests.conftest import quick_settings
+
+
+def running_job(params: dict[str, object]) -> Job:
+    """A claimed `noop` job, as a chunk holds it."""
+    now = datetime.now(UTC)
+    return Job(uuid4(), "noop", "default", params, JobState.RUNNING, 0, 1, 3, now, now)
+
+
+def test_stopping_one_job_of_a_chunk_leaves_the_next_ones_running(tmp_path: Path) -> None:
+    """The supervisor stops the first job of a chunk of three (cancelled, or its lease lost):
+    that one ends cancelled, and the two after it run to success in the same child."""
+    settings = quick_settings(f"sqlite:///{tmp_path / 'docqueue.db'}", tmp_path)
+    child = ChildHandle.spawn(multiprocessing.get_context("forkserver"), settings)
+    try:
+        slow = running_job({"sleep_ms": 20_000})
+        chunk = [slow, running_job({}), running_job({"sleep_ms": 10})]
+        child.assign([(job, []) for job in chunk])
+        assert child.current() == slow
+        child.stop_job(slow, grace=30)
+        assert child.runs_stopped_job()
+        assert child.conn.poll(20), "the child answers well before the slow job's 20 s"
+        kind, outcomes = child.conn.recv()
+        assert kind == "done"
+        assert [(job_id, type(outcome)) for job_id, _, outcome in outcomes] == [
+            (slow.id, Cancelled),
+            (chunk[1].id, Succeeded),
+            (chunk[2].id, Succeeded),
+        ]
+        assert not child.runs_stopped_job()
+    finally:
+        child.stop()
