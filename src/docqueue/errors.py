@@ -23,6 +23,10 @@ class UnsupportedMediaType(InvalidJob):
     """The input file is of a type the operation does not read (told by its bytes, not its name)."""
 
 
+class IdempotencyKeyReused(InvalidJob):
+    """An Idempotency-Key already names a job made from another request."""
+
+
 class NotFound(DocqueueError):
     """The job, artifact or template asked for does not exist (or was pruned)."""
 

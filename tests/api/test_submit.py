@@ -67,7 +67,8 @@ def test_wait_answers_200_when_done_in_time_else_202(client: httpx.Client) -> No
 
 
 def test_idempotency_key_gives_the_same_job(client: httpx.Client, api_settings: Settings) -> None:
-    """The same key twice: the same job, nothing new stored, the replay marked."""
+    """The same key twice: the same job, nothing new stored, the replay marked; the same key
+    with another request is refused, and its bytes are not kept."""
     headers = {"Idempotency-Key": "order-42"}
     first = client.post("/v1/jobs", json={"operation": "noop"}, headers=headers)
     again = client.post("/v1/jobs", json={"operation": "noop"}, headers=headers)
@@ -80,9 +81,16 @@ def test_idempotency_key_gives_the_same_job(client: httpx.Client, api_settings: 
     pdf = make_pdf()
     upload_headers = {"Idempotency-Key": "upload-1"}
     one = _upload(client, pdf, headers=upload_headers)
+    same = _upload(client, pdf, headers=upload_headers)
+    assert one.status_code == 202 and same.json()["id"] == one.json()["id"]
     other_bytes = _upload(client, make_pdf(pages=2), headers=upload_headers)
-    assert one.status_code == 202 and other_bytes.json()["id"] == one.json()["id"]
-    assert len(stored_blobs(api_settings)) == 1, "the replay's different bytes were not kept"
+    problem = assert_problem(other_bytes, 422, "idempotency-key-reused")
+    assert "new key" in problem["detail"]
+    assert len(stored_blobs(api_settings)) == 1, "the refused request's bytes were not kept"
+    other_params = {"operation": "noop", "params": {"sleep_ms": 1}}
+    assert_problem(
+        client.post("/v1/jobs", json=other_params, headers=headers), 422, "idempotency-key-reused"
+    )
 
     process(client)
     finished = client.post("/v1/jobs", json={"operation": "noop"}, headers=headers)

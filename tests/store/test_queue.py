@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from docqueue.errors import Conflict, NotFound, QueueFull
+from docqueue.errors import Conflict, IdempotencyKeyReused, NotFound, QueueFull
 from docqueue.models import (
     Artifact,
     Cancelled,
@@ -263,12 +263,26 @@ def test_a_cancelled_attempt_cannot_complete_the_retried_job(store: JobStore) ->
 
 
 def test_idempotency_key_returns_the_same_job(store: JobStore) -> None:
-    """The same key gives the same job, never a second one."""
+    """The same key with the same request gives the same job, never a second one; with another
+    request (other params, operation, queue, priority or input file) it is refused."""
     first, created = store.enqueue(NewJob("noop", params={"a": 1}, idempotency_key="order-7"))
-    again, created_again = store.enqueue(NewJob("noop", params={"a": 2}, idempotency_key="order-7"))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    again, created_again = store.enqueue(
+        NewJob("noop", params={"a": 1}, idempotency_key="order-7", run_at=later)
+    )
     other, _ = store.enqueue(NewJob("noop", idempotency_key="order-8"))
     assert created and not created_again
-    assert again.id == first.id and again.params == {"a": 1} and other.id != first.id
+    assert again.id == first.id and other.id != first.id
+    document = Artifact("ab" * 32, 3, "application/pdf", "a.pdf", "input")
+    for changed in (
+        NewJob("noop", params={"a": 2}, idempotency_key="order-7"),
+        NewJob("ingest", params={"a": 1}, idempotency_key="order-7"),
+        NewJob("noop", params={"a": 1}, queue="pdf", idempotency_key="order-7"),
+        NewJob("noop", params={"a": 1}, priority=9, idempotency_key="order-7"),
+        NewJob("noop", params={"a": 1}, idempotency_key="order-7", input_artifacts=(document,)),
+    ):
+        with pytest.raises(IdempotencyKeyReused, match="order-7"):
+            store.enqueue(changed)
     assert store.stats().total(JobState.QUEUED) == 2
 
 
@@ -352,7 +366,8 @@ def test_concurrent_enqueues_share_transactions_and_keep_their_own_jobs(store: J
 
     def submit(n: int) -> tuple[int, str, bool]:
         key = "shared" if n % 10 == 0 else None
-        job, created = store.enqueue(NewJob("noop", {"n": n}, idempotency_key=key))
+        params = {"n": -1} if key else {"n": n}  # the same request under the same key
+        job, created = store.enqueue(NewJob("noop", params, idempotency_key=key))
         return job.params["n"], str(job.id), created
 
     with ThreadPoolExecutor(16) as pool:
@@ -388,8 +403,8 @@ def test_one_batch_with_a_key_twice_and_a_known_key(store: JobStore) -> None:
         [
             NewJob("noop", {"n": 1}, idempotency_key="new"),
             NewJob("noop", {"n": 2}),
-            NewJob("noop", {"n": 3}, idempotency_key="old"),
-            NewJob("noop", {"n": 4}, idempotency_key="new"),
+            NewJob("noop", {"n": 0}, idempotency_key="old"),
+            NewJob("noop", {"n": 1}, idempotency_key="new"),
             NewJob("noop", {"n": 5}),
         ]
     )
@@ -401,4 +416,13 @@ def test_one_batch_with_a_key_twice_and_a_known_key(store: JobStore) -> None:
         (5, True),
     ]
     assert results[3][0].id == results[0][0].id and results[2][0].id == before.id
+    assert store.stats().total(JobState.QUEUED) == 4
+    with pytest.raises(IdempotencyKeyReused, match="'twice'"):  # all of the batch or none
+        store.enqueue_many(
+            [
+                NewJob("noop", {"n": 6}, idempotency_key="twice"),
+                NewJob("noop", {"n": 7}),
+                NewJob("noop", {"n": 8}, idempotency_key="twice"),
+            ]
+        )
     assert store.stats().total(JobState.QUEUED) == 4

@@ -17,6 +17,7 @@ from docqueue.api.schemas import Problem
 from docqueue.errors import (
     Conflict,
     DocqueueError,
+    IdempotencyKeyReused,
     InputError,
     InvalidJob,
     NotFound,
@@ -47,6 +48,7 @@ class Kind:
 
 NOT_FOUND = Kind("not-found", "Not found", 404)
 INVALID_JOB = Kind("invalid-job", "Invalid job", 422)
+KEY_REUSED = Kind("idempotency-key-reused", "Idempotency key reused", 422)
 INVALID_INPUT = Kind("invalid-input", "Invalid input", 422)
 VALIDATION = Kind("validation-error", "Request validation failed", 422)
 TOO_LARGE = Kind("payload-too-large", "Payload too large", 413)
@@ -65,6 +67,7 @@ ERROR_KINDS: list[tuple[type[Exception], Kind]] = [
     (QueueFull, QUEUE_FULL),
     (TooLarge, TOO_LARGE),
     (UnsupportedMediaType, UNSUPPORTED),
+    (IdempotencyKeyReused, KEY_REUSED),
     (InvalidJob, INVALID_JOB),
     (InputError, INVALID_INPUT),
 ]

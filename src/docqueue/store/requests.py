@@ -12,12 +12,12 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
-from docqueue.errors import Conflict, NotFound, QueueFull
+from docqueue.errors import Conflict, IdempotencyKeyReused, NotFound, QueueFull
 from docqueue.models import JSON, Artifact, Job, JobState, NewJob, utcnow
 from docqueue.store.engine import NOTIFY_CHANNEL, write_transaction
 from docqueue.store.group import GroupCommit
 from docqueue.store.reader import JobReader
-from docqueue.store.rows import job_from_row
+from docqueue.store.rows import artifact_from_row, job_from_row
 from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
 from docqueue.store.writes import INSERT_ARTIFACT, INSERT_EVENT, add_event, artifact_rows
 
@@ -62,24 +62,20 @@ class JobRequests(JobReader):
         """One try of `_insert`: a few statements, however many jobs there are."""
         with write_transaction(self.engine) as conn:
             known = self._by_idempotency_keys(conn, {n.idempotency_key for n, _ in news})
-            keys: set[str | None] = set(known)
-            fresh: list[tuple[NewJob, datetime]] = []
-            for new, now in news:  # a key given twice in the group makes one job
-                if new.idempotency_key is None or new.idempotency_key not in keys:
-                    fresh.append((new, now))
-                    keys.add(new.idempotency_key)
+            fresh = _without_twins(news, known)
             for queue, count in Counter(new.queue for new, _ in fresh).items():
                 self._check_room(conn, queue, count)
             made = iter(self._insert_fresh(conn, fresh))
             out: list[tuple[Job, bool]] = []
+            jobs_by_key = {key: job for key, (job, _) in known.items()}
             for new, _ in news:
                 key = new.idempotency_key
-                if key is not None and key in known:
-                    out.append((known[key], False))
+                if key is not None and key in jobs_by_key:
+                    out.append((jobs_by_key[key], False))
                     continue
                 job = next(made)
                 if key is not None:
-                    known[key] = job
+                    jobs_by_key[key] = job
                 out.append((job, True))
             queues = {job.queue for job, created in out if created and job.status == QUEUED}
             if self.is_postgres:
@@ -126,13 +122,23 @@ class JobRequests(JobReader):
             "created_at": now,
         }
 
-    def _by_idempotency_keys(self, conn: Connection, keys: set[str | None]) -> dict[str, Job]:
-        """The jobs stored under any of `keys`, by key."""
+    def _by_idempotency_keys(
+        self, conn: Connection, keys: set[str | None]
+    ) -> dict[str, tuple[Job, tuple[Artifact, ...]]]:
+        """The jobs stored under any of `keys`, with their input files, by key."""
         wanted = [key for key in keys if key is not None]
         if not wanted:
             return {}
-        rows = conn.execute(select(jobs).where(jobs.c.idempotency_key.in_(wanted)))
-        return {row.idempotency_key: job_from_row(row) for row in rows}
+        rows = conn.execute(select(jobs).where(jobs.c.idempotency_key.in_(wanted))).all()
+        inputs: dict[UUID, list[Artifact]] = {row.id: [] for row in rows}
+        if rows:
+            for artifact in conn.execute(
+                select(artifacts).where(
+                    artifacts.c.job_id.in_(list(inputs)), artifacts.c.role == "input"
+                )
+            ):
+                inputs[artifact.job_id].append(artifact_from_row(artifact))
+        return {row.idempotency_key: (job_from_row(row), tuple(inputs[row.id])) for row in rows}
 
     def _check_room(self, conn: Connection, queue: str, adding: int) -> None:
         """Refuse `adding` jobs when their queue would hold more than `max_queued` waiting ones."""
@@ -246,3 +252,39 @@ class JobRequests(JobReader):
         conn.execute(delete(artifacts).where(artifacts.c.job_id.in_(ids)))
         conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
         return gone
+
+
+def _without_twins(
+    news: Sequence[tuple[NewJob, datetime]], known: dict[str, tuple[Job, tuple[Artifact, ...]]]
+) -> list[tuple[NewJob, datetime]]:
+    """The new jobs to insert: not those whose idempotency key names a stored job, nor those
+    whose key an earlier one of `news` has (a key given twice makes one job). A key that comes
+    with another request than the one it was first given with is refused."""
+    asked = {key: _request_of(job, inputs) for key, (job, inputs) in known.items()}
+    fresh: list[tuple[NewJob, datetime]] = []
+    for new, now in news:
+        key, request = new.idempotency_key, _request_of(new, new.input_artifacts)
+        if key is None or key not in asked:
+            fresh.append((new, now))
+            if key is not None:
+                asked[key] = request
+        elif asked[key] != request:
+            raise IdempotencyKeyReused(
+                f"the Idempotency-Key {key!r} names a job made from another request "
+                "(operation, params, queue, priority or input file differ); send this request "
+                "with a new key"
+            )
+    return fresh
+
+
+def _request_of(job: Job | NewJob, inputs: Sequence[Artifact]) -> tuple[Any, ...]:
+    """What an Idempotency-Key stands for: the same key must come with the same operation,
+    params, queue, priority and input files (when it runs is left out: a retried request with
+    a delay asks for the same job)."""
+    return (
+        job.operation,
+        job.params,
+        job.queue,
+        int(job.priority),
+        sorted(artifact.sha256 for artifact in inputs),
+    )

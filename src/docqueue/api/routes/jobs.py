@@ -80,7 +80,10 @@ def submit_job(
         Header(
             min_length=1,
             max_length=255,
-            description="The same key gives the same job, stored once.",
+            description=(
+                "The same key with the same request gives the same job, stored once; with "
+                "another request (operation, params, queue, priority or file) it is refused."
+            ),
         ),
     ] = None,
 ) -> JobOut:
