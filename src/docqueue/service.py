@@ -26,7 +26,7 @@ from docqueue.models import (
     utcnow,
 )
 from docqueue.processors import Processor, Registry, builtin_registry
-from docqueue.runner import Runner
+from docqueue.runner import Runner, forget_files
 from docqueue.settings import Settings
 from docqueue.storage import Storage, sniff_media_type
 from docqueue.store import JobStore, upgrade
@@ -81,17 +81,21 @@ class DocumentQueueService:
         """Queue `operation` on `document` (a path, bytes, or None for operations without a file)."""
         self.registry.validate(operation, params or {})  # refuse bad params before storing
         inputs = () if document is None else (self.store_document(document, name),)
-        job, _created = self.submit(
-            operation,
-            params,
-            priority,
-            inputs=inputs,
-            queue=queue,
-            run_at=run_at,
-            delay=delay,
-            idempotency_key=idempotency_key,
-            max_attempts=max_attempts,
-        )
+        try:
+            job, _created = self.submit(
+                operation,
+                params,
+                priority,
+                inputs=inputs,
+                queue=queue,
+                run_at=run_at,
+                delay=delay,
+                idempotency_key=idempotency_key,
+                max_attempts=max_attempts,
+            )
+        except BaseException:
+            self.forget_unused(inputs)
+            raise
         return job
 
     def submit(
@@ -138,6 +142,10 @@ class DocumentQueueService:
             return params
         asked = params.get("max_pages") or self.settings.max_pages
         return {**params, "max_pages": min(asked, self.settings.max_pages)}
+
+    def forget_unused(self, inputs: tuple[Artifact, ...]) -> None:
+        """Remove the bytes stored for a job that was not made, unless another job names them."""
+        forget_files(self.store, self.storage, inputs)
 
     def store_document(
         self, document: str | os.PathLike[str] | bytes, name: str | None

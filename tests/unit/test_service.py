@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from docqueue.errors import Conflict, InvalidJob
+from docqueue.errors import Conflict, IdempotencyKeyReused, InvalidJob
 from docqueue.models import JobState
 from docqueue.service import DocumentQueueService
 from docqueue.settings import Settings
@@ -111,3 +112,14 @@ def test_a_time_without_a_zone_or_past_the_calendar_is_refused(
     assert count_rows(service) == before
     later = service.enqueue(None, "noop", run_at=datetime(2030, 1, 1, tzinfo=UTC))
     assert later.status == JobState.SCHEDULED
+
+
+def test_a_refused_document_is_not_kept(service: DocumentQueueService) -> None:
+    """A document whose job is refused after it was stored (its key names another request)
+    leaves no bytes behind; the bytes of the job that was made stay."""
+    first = service.enqueue(b"first document", "noop", idempotency_key="k")
+    with pytest.raises(IdempotencyKeyReused):
+        service.enqueue(b"second document", "noop", idempotency_key="k")
+    assert not service.storage.exists(hashlib.sha256(b"second document").hexdigest())
+    [kept] = service.store.inputs([first.id])[first.id]
+    assert service.storage.exists(kept.sha256)

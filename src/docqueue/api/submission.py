@@ -158,10 +158,10 @@ def accept(
             max_attempts=fields.max_attempts,
         )
     except BaseException:
-        _forget_unreferenced(service, uploaded)
+        service.forget_unused(uploaded)
         raise
     if not created:
-        _forget_unreferenced(service, uploaded)
+        service.forget_unused(uploaded)
     return job, created
 
 
@@ -249,10 +249,3 @@ def clean_name(name: str | None) -> str:
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     kept = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip().strip(".")
     return kept[:255] or "document"
-
-
-def _forget_unreferenced(service: DocumentQueueService, inputs: tuple[Artifact, ...]) -> None:
-    """Remove bytes stored for a job that was not made, unless another job names them."""
-    for artifact in inputs:
-        if not service.store.is_referenced(artifact.sha256):
-            service.storage.delete(artifact.sha256)

@@ -217,7 +217,10 @@ class JobRequests(JobReader):
     def delete(self, job_id: UUID) -> list[Artifact]:
         """Delete a finished job with its timeline; return its artifacts, whose bytes may now go."""
         with write_transaction(self.engine) as conn:
-            status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+            # Locked until the delete: a retry committed in between must not see it go.
+            status = conn.execute(
+                select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()
+            ).scalar()
             if status is None:
                 raise NotFound(f"job {job_id} does not exist (or was pruned)")
             if status not in FINISHED:
