@@ -259,8 +259,9 @@ def test_malformed_bodies_are_422(client: httpx.Client) -> None:
 
 
 def test_hostile_bodies_are_422_and_the_server_goes_on(client: httpx.Client) -> None:
-    """JSON nested past what a parser reads, an infinite delay, a field sent twice, an empty
-    Idempotency-Key: each a 422 that says what to fix, and the next submission is accepted."""
+    """JSON nested past what a parser reads, an infinite delay, a field sent twice, a form field
+    of 2 MiB, two files, an empty Idempotency-Key: each a 413 or 422 that says what to fix,
+    and the next submission is accepted."""
     deep = b'{"operation": "noop", "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     problem = assert_problem(
         client.post("/v1/jobs", content=deep, headers={"content-type": "application/json"}),
@@ -286,6 +287,18 @@ def test_hostile_bodies_are_422_and_the_server_goes_on(client: httpx.Client) -> 
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert "given twice" in assert_problem(twice, 422, "validation-error")["detail"]
+    big_field = client.post("/v1/jobs", data={"operation": "noop", "params": "x" * (2 << 20)})
+    assert (
+        "send larger params as a JSON body"
+        in assert_problem(big_field, 413, "payload-too-large")["detail"]
+    )
+    pdf = make_pdf()
+    two_files = client.post(
+        "/v1/jobs",
+        data={"operation": "ingest"},
+        files=[("file", ("a.pdf", pdf, "application/pdf")), ("file", ("b.pdf", pdf, "x/y"))],
+    )
+    assert "send one file" in assert_problem(two_files, 422, "validation-error")["detail"]
     unkeyed = client.post("/v1/jobs", json={"operation": "noop"}, headers={"Idempotency-Key": ""})
     assert_problem(unkeyed, 422, "validation-error")
     assert client.post("/v1/jobs", json={"operation": "noop"}).status_code == 202

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from docqueue.api.problems import TOO_LARGE, UNSUPPORTED, ProblemError
 from docqueue.api.schemas import JobSubmission
@@ -53,7 +54,7 @@ async def read_submission(request: Request) -> AsyncIterator[Submission]:
             f"a job is sent as application/json, or as multipart/form-data with the file in "
             f"`file`; not as {media or 'a body without a content type'}",
         )
-    form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    form = await _form(request)
     try:
         upload, raw = _split_form(form)
         yield Submission(_validated(raw), upload)
@@ -62,6 +63,27 @@ async def read_submission(request: Request) -> AsyncIterator[Submission]:
 
 
 SubmissionDep = Annotated[Submission, Depends(read_submission)]
+
+
+async def _form(request: Request) -> FormData:
+    """The form, or a problem that says what to change: Starlette answers a bare 400."""
+    try:
+        return await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    except HTTPException as exc:
+        if exc.status_code != 400:
+            raise
+        detail = str(exc.detail)
+        if "maximum size" in detail:
+            raise ProblemError(
+                TOO_LARGE,
+                f"{detail}: a form field other than `file` holds at most 1 MiB; send larger "
+                "params as a JSON body, or the document as the file",
+            ) from None
+        raise _invalid(
+            ("body",),
+            f"the form could not be read ({detail}); send one file, in the field `file`, and "
+            "the job's fields",
+        ) from None
 
 
 async def _small_body(request: Request) -> bytes:
