@@ -122,9 +122,15 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the attempt after `attempt` (which counts from 1)."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(attempt - 1, 0))
+        # The exponent stops growing long before a float would overflow (attempt numbers go
+        # on across manual retries).
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(max(attempt - 1, 0), 60))
         fraction: float = (rng or random).random()
         return ceiling * (0.5 + 0.5 * fraction)
+
+
+#: Furthest a job may be scheduled ahead (run_at, delay): ten years.
+MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
 
 
 @dataclass(frozen=True)

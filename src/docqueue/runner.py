@@ -88,9 +88,9 @@ class Runner:
         except InputError as exc:
             logger.info("job failed on its input: %s", exc)
             return Failed(ErrorInfo(type(exc).__name__, str(exc)), permanent=True)
-        except (Exception, SystemExit) as exc:  # a processor's exit() fails its job, not the pool
-            logger.warning("job attempt %s failed: %r", job.attempt, exc, exc_info=True)
-            return Failed(ErrorInfo(type(exc).__name__, _message(exc), traceback.format_exc()))
+        except Exception as exc:
+            logger.warning("job attempt %s failed: %s", job.attempt, exc, exc_info=True)
+            return Failed(ErrorInfo(type(exc).__name__, str(exc), traceback.format_exc()))
 
     @contextmanager
     def _local(self, artifact: Artifact) -> Iterator[InputFile]:
@@ -115,13 +115,6 @@ class Scratch:
         """Remove the folder, if it was made."""
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _message(exc: BaseException) -> str:
-    """What an error says; for exit(), the code it was called with."""
-    if isinstance(exc, SystemExit):
-        return f"the processor called exit({exc.code!r})"
-    return str(exc)
 
 
 def _checked_result(operation: str, result: object) -> dict[str, object]:

@@ -14,6 +14,7 @@ from uuid import UUID
 from docqueue.errors import Conflict, InvalidJob
 from docqueue.models import (
     JSON,
+    MAX_DELAY_SECONDS,
     Artifact,
     Completion,
     ErrorInfo,
@@ -122,6 +123,10 @@ class DocumentQueueService:
         if run_at is not None and run_at.utcoffset() is None:
             raise InvalidJob(
                 f"run_at {run_at.isoformat()} has no time zone; give one (UTC: ...Z or +00:00)"
+            )
+        if run_at is not None and abs(run_at - utcnow()) > timedelta(seconds=MAX_DELAY_SECONDS):
+            raise InvalidJob(
+                f"run_at {run_at.isoformat()} is more than ten years away; give a nearer time"
             )
         new = NewJob(
             operation=operation,

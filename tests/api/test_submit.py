@@ -259,9 +259,10 @@ def test_malformed_bodies_are_422(client: httpx.Client) -> None:
 
 
 def test_hostile_bodies_are_422_and_the_server_goes_on(client: httpx.Client) -> None:
-    """JSON nested past what a parser reads, an infinite delay, a field sent twice, a form field
-    of 2 MiB, two files, an empty Idempotency-Key: each a 413 or 422 that says what to fix,
-    and the next submission is accepted."""
+    """JSON nested past what a parser reads or params past 64 levels, an infinite delay, a
+    run_at at the end of the calendar, a field sent twice, a form field of 2 MiB, two files, an
+    empty Idempotency-Key: each a 413 or 422 that says what to fix, and the next submission is
+    accepted."""
     deep = b'{"operation": "noop", "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     problem = assert_problem(
         client.post("/v1/jobs", content=deep, headers={"content-type": "application/json"}),
@@ -287,6 +288,13 @@ def test_hostile_bodies_are_422_and_the_server_goes_on(client: httpx.Client) -> 
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert "given twice" in assert_problem(twice, 422, "validation-error")["detail"]
+    far = client.post("/v1/jobs", json={"operation": "noop", "run_at": "9999-12-31T23:00:00-05:00"})
+    assert "ten years" in assert_problem(far, 422, "invalid-job")["detail"]
+    nested: object = "deep"
+    for _ in range(300):
+        nested = [nested]
+    too_deep = client.post("/v1/jobs", json={"operation": "noop", "params": {"echo": nested}})
+    assert "nested more than 64 levels" in assert_problem(too_deep, 422, "invalid-job")["detail"]
     big_field = client.post("/v1/jobs", data={"operation": "noop", "params": "x" * (2 << 20)})
     assert (
         "send larger params as a JSON body"

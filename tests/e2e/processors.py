@@ -65,10 +65,16 @@ def use_counter(ctx: Context) -> JSON:
     return {"pid": os.getpid()}
 
 
+def exits(ctx: Context) -> JSON:
+    """Call exit(), as careless code does."""
+    raise SystemExit(3)
+
+
 def register(registry: Registry) -> None:
     """Add the test processors."""
     registry.resource("counter")(load_counter)
     registry.processor("record")(record)
     registry.processor("crash")(crash)
     registry.processor("hang")(hang)
+    registry.processor("exits")(exits)
     registry.processor("counted", resources=("counter",))(use_counter)

@@ -241,7 +241,11 @@ def test_retry_by_hand(store: JobStore) -> None:
     assert (again.attempt, again.max_attempts) == (1, 2)
     with pytest.raises(Conflict):
         store.retry(job.id)
-    assert claim(store)[0].attempt == 2
+    [second] = claim(store)
+    assert second.attempt == 2
+    store.complete([Completion(job.id, second.attempt, Failed(ErrorInfo("E", "y")))])
+    third = store.retry(job.id)  # one attempt again, not one per attempt made so far
+    assert (third.attempt, third.max_attempts) == (2, 3)
 
 
 def test_a_cancelled_attempt_cannot_complete_the_retried_job(store: JobStore) -> None:

@@ -8,14 +8,19 @@ from pathlib import Path
 from uuid import uuid4
 
 from docqueue.dispatch.pool import ChildHandle
-from docqueue.models import Cancelled, Job, JobState, Succeeded
+from docqueue.models import Cancelled, Failed, Job, JobState, Succeeded
 from tests.conftest import quick_settings
+
+
+def now_twice() -> tuple[datetime, datetime]:
+    """Now, as a job's run_at and created_at."""
+    now = datetime.now(UTC)
+    return now, now
 
 
 def running_job(params: dict[str, object]) -> Job:
     """A claimed `noop` job, as a chunk holds it."""
-    now = datetime.now(UTC)
-    return Job(uuid4(), "noop", "default", params, JobState.RUNNING, 0, 1, 3, now, now)
+    return Job(uuid4(), "noop", "default", params, JobState.RUNNING, 0, 1, 3, *now_twice())
 
 
 def test_stopping_one_job_of_a_chunk_leaves_the_next_ones_running(tmp_path: Path) -> None:
@@ -39,5 +44,27 @@ def test_stopping_one_job_of_a_chunk_leaves_the_next_ones_running(tmp_path: Path
             (chunk[2].id, Succeeded),
         ]
         assert not child.runs_stopped_job()
+    finally:
+        child.stop()
+
+
+def test_a_processor_that_exits_fails_its_job_and_not_the_child(tmp_path: Path) -> None:
+    """exit() in a processor is its job's failure; the child lives on and runs the next job of
+    its chunk (a child that died would charge the job it was on and give the rest back)."""
+    settings = quick_settings(
+        f"sqlite:///{tmp_path / 'docqueue.db'}", tmp_path, imports=["tests.e2e.processors"]
+    )
+    child = ChildHandle.spawn(multiprocessing.get_context("forkserver"), settings)
+    try:
+        careless = Job(uuid4(), "exits", "default", {}, JobState.RUNNING, 0, 1, 3, *now_twice())
+        after = running_job({})
+        child.assign([(careless, []), (after, [])])
+        assert child.conn.poll(20)
+        _, outcomes = child.conn.recv()
+        [(_, _, failed), (_, _, succeeded)] = outcomes
+        assert isinstance(failed, Failed) and failed.error.type == "SystemExit"
+        assert "exit(3)" in failed.error.message
+        assert isinstance(succeeded, Succeeded)
+        assert child.process.is_alive()
     finally:
         child.stop()

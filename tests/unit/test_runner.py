@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
 
-from docqueue.models import JSON, JobState, NewJob, utcnow
-from docqueue.processors import Context, builtin_registry
+from docqueue.models import JobState, NewJob, utcnow
+from docqueue.processors import builtin_registry
 from docqueue.runner import Runner, run_job_id
 from docqueue.storage import Storage
 from docqueue.store import JobStore
@@ -97,22 +96,3 @@ def test_pruned_jobs_take_only_their_own_files(settings: object, tmp_path: Path)
     removed = service.store.prune(timedelta(days=-1))
     assert forget_files(service.store, service.storage, removed) == 1
     assert not service.storage.exists(sha)
-
-
-def test_a_processor_that_exits_fails_its_job_and_not_the_process(
-    store: JobStore, tmp_path: Path
-) -> None:
-    """exit() in a processor is the job's failure (retried), not the end of the worker process
-    that runs it, whose other jobs would otherwise be charged for it."""
-    registry = builtin_registry()
-
-    @registry.processor("exits")
-    def exits(ctx: Context) -> JSON:
-        sys.exit(3)
-
-    runner = Runner(registry, Storage((tmp_path / "files").as_uri()))
-    job, _ = store.enqueue(NewJob("exits"))
-    assert run_job_id(store, runner, job.id, "w", lease_seconds=30) == JobState.SCHEDULED
-    error = store.get(job.id).error
-    assert error is not None and error["type"] == "SystemExit"
-    assert "exit(3)" in error["message"]

@@ -19,6 +19,7 @@ from pydantic import (
 
 from docqueue.models import (
     JSON,
+    MAX_DELAY_SECONDS,
     Artifact,
     Job,
     JobEvent,
@@ -37,10 +38,6 @@ def job_path(job_id: UUID) -> str:
     return f"/v1/jobs/{job_id}"
 
 
-#: Most seconds a job may be delayed: ten years.
-MAX_DELAY = 10 * 365 * 24 * 3600
-
-
 class JobSubmission(BaseModel):
     """What `POST /v1/jobs` takes, as a JSON body or as the fields of a multipart form."""
 
@@ -57,7 +54,7 @@ class JobSubmission(BaseModel):
     #: Run no earlier than this time (with its UTC offset: 2030-01-01T09:00:00Z).
     run_at: AwareDatetime | None = None
     #: Run no earlier than this many seconds from now (at most ten years).
-    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY, allow_inf_nan=False)
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS, allow_inf_nan=False)
     #: Attempts before the job fails for good; the operation's own setting when left out.
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     #: The sha256 of a file already stored (an earlier job's input or output) to run on again.

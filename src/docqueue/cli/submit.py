@@ -99,8 +99,10 @@ def _submit_all(
 def _submit_one(
     client: httpx.Client, path: Path, op: str, params: dict[str, Any], priority: str
 ) -> dict[str, Any]:
-    """Upload one file; the same file, operation and params again give the same job."""
-    key = hashlib.sha256(f"{_digest(path)}:{op}:{json.dumps(params, sort_keys=True)}".encode())
+    """Upload one file; the same file, operation, params and priority again give the same job
+    (the key covers what the server compares: a key reused for another request is refused)."""
+    request = f"{_digest(path)}:{op}:{json.dumps(params, sort_keys=True)}:{priority}"
+    key = hashlib.sha256(request.encode())
     with path.open("rb") as file:
         response = client.post(
             "/v1/jobs",

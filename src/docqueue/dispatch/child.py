@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
@@ -13,7 +14,7 @@ from uuid import UUID
 
 from docqueue.heap import retain_freed_memory
 from docqueue.logs import configure_logging
-from docqueue.models import Artifact, Job, Outcome
+from docqueue.models import Artifact, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import builtin_registry
 from docqueue.runner import Runner
 from docqueue.settings import Settings
@@ -100,5 +101,12 @@ def run_task(
             last_report = now
             conn.send(("progress", job.id, job.attempt, fraction, message))
 
-    outcome = runner.execute(job, inputs, progress=progress, is_cancelled=is_cancelled)
+    try:
+        outcome: Outcome = runner.execute(job, inputs, progress=progress, is_cancelled=is_cancelled)
+    except SystemExit as exc:
+        # exit() in a processor fails its job, not the child and the jobs of its chunk. (Here
+        # no signal handler raises SystemExit: SIGTERM kills outright, SIGINT is ignored. In a
+        # Celery pool process one does, to stop it, so the runner itself lets it through.)
+        message = f"the processor called exit({exc.code!r})"
+        outcome = Failed(ErrorInfo("SystemExit", message, traceback.format_exc()))
     return job.id, job.attempt, outcome

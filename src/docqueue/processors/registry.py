@@ -18,6 +18,10 @@ from docqueue.models import JSON
 from docqueue.processors.context import Context
 
 log = logging.getLogger("docqueue.resources")
+#: Deepest nesting of lists and objects params may have (deeper ones are refused: the JSON
+#: tools on the way, pydantic's included, fail on a few hundred levels).
+MAX_PARAMS_DEPTH = 64
+
 ProcessorFunc = Callable[[Context], JSON | None]
 
 
@@ -105,6 +109,10 @@ class Registry:
         processor = self.get(operation)
         if not isinstance(params, dict):
             raise InvalidJob(f"params must be a JSON object, not {type(params).__name__}")
+        if _depth(params) > MAX_PARAMS_DEPTH:
+            raise InvalidJob(
+                f"params are nested more than {MAX_PARAMS_DEPTH} levels deep; flatten them"
+            )
         if processor.params_model is not None:
             try:
                 model = processor.params_model.model_validate(params)
@@ -146,6 +154,19 @@ class Resources:
         for resource in self._registry.resources.values():
             if resource.warm:
                 self.get(resource.name)
+
+
+def _depth(value: object) -> int:
+    """How deep lists and objects nest in `value` (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list | tuple):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def ensure_json(value: JSON, what: str) -> JSON:

@@ -173,9 +173,9 @@ class JobRequests(JobReader):
     def retry(self, job_id: UUID, *, now: datetime | None = None) -> Job:
         """Queue a failed or cancelled job again, with a fresh set of attempts.
 
-        Attempt numbers go on from where they were (3 attempts of 3 become 3 of 6): the number
-        is the fence of an outcome, and a worker still running a cancelled attempt must not
-        complete the attempt that the retry starts.
+        Attempt numbers go on from where they were (3 attempts of 3 become 3 of 6, then 6 of
+        9): the number is the fence of an outcome, and a worker still running a cancelled
+        attempt must not complete the attempt that the retry starts.
         """
         now = now or utcnow()
         with write_transaction(self.engine) as conn:
@@ -187,7 +187,8 @@ class JobRequests(JobReader):
                 )
                 .values(
                     status=QUEUED,
-                    max_attempts=jobs.c.max_attempts + jobs.c.attempt,
+                    max_attempts=jobs.c.attempt + jobs.c.max_attempts - jobs.c.attempt_base,
+                    attempt_base=jobs.c.attempt,
                     run_at=now,
                     finished_at=None,
                     started_at=None,

@@ -109,6 +109,10 @@ jobs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("started_at", UTCDateTime(), nullable=True),
     Column("finished_at", UTCDateTime(), nullable=True),
+    # Attempts made before the last manual retry: max_attempts - attempt_base is the job's
+    # budget of attempts, which each retry grants again. (Last, where ALTER TABLE put it: the
+    # PostgreSQL claim reads `jobs.*` by position.)
+    Column("attempt_base", Integer(), nullable=False, server_default="0"),
 )
 # The claim reads the head of one queue in priority order: served by this index alone,
 # whose size follows the number of waiting jobs, not of jobs stored.
