@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Generic, TypeVar
 from uuid import UUID
 
 from anyio import to_thread
@@ -28,33 +29,87 @@ from docqueue.models import Job, JobEvent
 from docqueue.store import JobStore, SqliteChanges, watch_changes
 
 log = logging.getLogger("docqueue.api")
+#: What a reader's waiters want read in a round.
+Wanted = TypeVar("Wanted", list[UUID], dict[UUID, int])
 
 
-class FinishWatch:
-    """Waits for jobs to finish, for any number of threads at once, with one query per round."""
+class _Reader(Generic[Wanted]):
+    """One thread that reads the store every `INTERVAL` for everybody waiting in this process,
+    started by the first to register and ended when nobody waits. On SQLite a round skips its
+    read while nothing was committed since the last one, unless somebody registered meanwhile.
 
-    #: Seconds between two reads of the store while anyone waits.
-    INTERVAL = 0.025
+    Subclasses say what the waiters want read (`_wanted`, called with the lock held; empty when
+    nobody waits) and read it (`_read`).
+    """
+
+    #: Seconds between two reads of the store while anybody waits.
+    INTERVAL: float
+    #: Who reads, for the thread's name and the log.
+    NAME: str
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._lock = threading.Lock()
-        self._waiters: dict[UUID, list[threading.Event]] = {}
         self._running = False
-        #: A waiter came since the last read: read even if nothing was committed.
+        #: Somebody registered since the last read: read even if nothing was committed.
         self._fresh = False
 
+    def _registered(self) -> None:
+        """After a waiter registered (the lock held): read next round, run the thread."""
+        self._fresh = True
+        if not self._running:
+            self._running = True
+            threading.Thread(target=self._rounds, name=f"docqueue-{self.NAME}", daemon=True).start()
+
+    def _rounds(self) -> None:
+        """Until nobody waits: every INTERVAL, read for all the waiters at once."""
+        with watch_changes(self.store.engine) as changes:
+            while True:
+                time.sleep(self.INTERVAL)
+                with self._lock:
+                    wanted = self._wanted()
+                    fresh, self._fresh = self._fresh, False
+                    if not wanted:
+                        self._running = False
+                        return
+                if not _changed(changes) and not fresh:
+                    continue
+                try:
+                    self._read(wanted)
+                except Exception:  # the waiters wait for the next round; the reader goes on
+                    log.warning(
+                        "the %s reader could not read the job store", self.NAME, exc_info=True
+                    )
+                    self._fresh = True  # read again next round, changed or not
+
+    def _wanted(self) -> Wanted:
+        """What the waiters want read (called with the lock held); empty when nobody waits."""
+        raise NotImplementedError
+
+    def _read(self, wanted: Wanted) -> None:
+        """Read `wanted` from the store and hand it to the waiters."""
+        raise NotImplementedError
+
+
+class FinishWatch(_Reader[list[UUID]]):
+    """Waits for jobs to finish, for any number of threads at once, with one query per round."""
+
+    INTERVAL = 0.025
+    NAME = "long-poll"
+
+    def __init__(self, store: JobStore) -> None:
+        super().__init__(store)
+        self._waiters: dict[UUID, list[threading.Event]] = {}
+
     def wait(self, job: Job, seconds: float) -> Job:
-        """`job` once it has finished, or as it stands after `seconds`."""
+        """`job` once it has finished, or as it stands after `seconds` (also when the store
+        cannot be read meanwhile)."""
         if job.status.finished or seconds <= 0:
             return job
         event = threading.Event()
         with self._lock:
             self._waiters.setdefault(job.id, []).append(event)
-            self._fresh = True
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._watch, name="docqueue-long-poll", daemon=True).start()
+            self._registered()
         try:
             event.wait(seconds)
         finally:
@@ -65,29 +120,17 @@ class FinishWatch:
                     del self._waiters[job.id]
         return self.store.get(job.id)
 
-    def _watch(self) -> None:
-        """Until nobody waits: every INTERVAL, wake the waiters of the jobs that are done."""
-        with watch_changes(self.store.engine) as changes:
-            while True:
-                time.sleep(self.INTERVAL)
-                with self._lock:
-                    watched = list(self._waiters)
-                    fresh, self._fresh = self._fresh, False
-                    if not watched:
-                        self._running = False
-                        return
-                if not _changed(changes) and not fresh:
-                    continue
-                try:
-                    done = self.store.settled(watched)
-                except Exception:  # the waiters time out and answer with the job as it stands
-                    log.warning("long-poll could not read the job store", exc_info=True)
-                    self._fresh = True  # read again next round, changed or not
-                    continue
-                with self._lock:
-                    for job_id in done:
-                        for event in self._waiters.get(job_id, ()):
-                            event.set()
+    def _wanted(self) -> list[UUID]:
+        """The watched jobs."""
+        return list(self._waiters)
+
+    def _read(self, wanted: list[UUID]) -> None:
+        """Wake the waiters of the jobs that are done."""
+        done = self.store.settled(wanted)
+        with self._lock:
+            for job_id in done:
+                for event in self._waiters.get(job_id, ()):
+                    event.set()
 
 
 @dataclass
@@ -101,7 +144,7 @@ class _Follower:
     finished: bool = False
 
 
-class EventFeed:
+class EventFeed(_Reader[dict[UUID, int]]):
     """Live job timelines for any number of event streams, with one read of the store per round.
 
     A stream first reads the timeline so far on its own, then registers; a thread asks the store
@@ -109,16 +152,12 @@ class EventFeed:
     and wakes the streams that have something new. The thread runs only while a stream follows.
     """
 
-    #: Seconds between two reads of the store while any stream follows a job.
     INTERVAL = 0.25
+    NAME = "events"
 
     def __init__(self, store: JobStore) -> None:
-        self.store = store
-        self._lock = threading.Lock()
+        super().__init__(store)
         self._followers: dict[UUID, list[_Follower]] = {}
-        self._running = False
-        #: A stream came since the last read: read even if nothing was committed.
-        self._fresh = False
 
     async def follow(self, job: Job, after: int = 0) -> AsyncIterator[JobEvent]:
         """The events of `job` (as just read from the store) after event id `after`, then each
@@ -150,10 +189,7 @@ class EventFeed:
         """Register a stream, and start the reader if it is not running."""
         with self._lock:
             self._followers.setdefault(job_id, []).append(follower)
-            self._fresh = True
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._read, name="docqueue-events", daemon=True).start()
+            self._registered()
 
     def _remove(self, job_id: UUID, follower: _Follower) -> None:
         """Forget a stream that ended or whose client left."""
@@ -164,31 +200,19 @@ class EventFeed:
             if not followers:
                 self._followers.pop(job_id, None)
 
-    def _read(self) -> None:
-        """Until no stream follows: every INTERVAL, hand each stream its job's new events."""
-        with watch_changes(self.store.engine) as changes:
-            while True:
-                time.sleep(self.INTERVAL)
-                with self._lock:
-                    seen = {
-                        job_id: min(f.after for f in followers)
-                        for job_id, followers in self._followers.items()
-                    }
-                    fresh, self._fresh = self._fresh, False
-                    if not seen:
-                        self._running = False
-                        return
-                if not _changed(changes) and not fresh:
-                    continue
-                try:
-                    finished, newer = self.store.timelines(seen)
-                    with self._lock:
-                        for job_id, followers in self._followers.items():
-                            for follower in followers:
-                                self._offer(follower, newer.get(job_id, []), job_id in finished)
-                except Exception:  # the streams wait for the next round; the reader goes on
-                    log.warning("event streams could not read the job store", exc_info=True)
-                    self._fresh = True  # read again next round, changed or not
+    def _wanted(self) -> dict[UUID, int]:
+        """Each followed job, with the last event all its streams have."""
+        return {
+            job_id: min(f.after for f in followers) for job_id, followers in self._followers.items()
+        }
+
+    def _read(self, wanted: dict[UUID, int]) -> None:
+        """Hand each stream its job's new events, and whether it finished."""
+        finished, newer = self.store.timelines(wanted)
+        with self._lock:
+            for job_id, followers in self._followers.items():
+                for follower in followers:
+                    self._offer(follower, newer.get(job_id, []), job_id in finished)
 
     @staticmethod
     def _offer(follower: _Follower, events: list[JobEvent], finished: bool) -> None:
