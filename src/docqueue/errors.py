@@ -35,6 +35,10 @@ class Conflict(DocqueueError):
     """The action is not allowed in the job's current state (cancel a finished job, retry a queued one)."""
 
 
+class FileRemoved(Conflict):
+    """A file a submission names was removed (its last job deleted) before the job was made."""
+
+
 class QueueFull(DocqueueError):
     """The queue holds as many waiting jobs as it may; try again later."""
 

@@ -130,15 +130,6 @@ def _checked_result(operation: str, result: object) -> dict[str, object]:
     return result
 
 
-def forget_files(store: JobStore, storage: Storage, removed: Sequence[Artifact]) -> int:
-    """Delete the bytes of removed artifacts that no remaining job names; return how many went."""
-    gone = 0
-    for sha256 in {artifact.sha256 for artifact in removed}:
-        if not store.is_referenced(sha256) and storage.delete(sha256):
-            gone += 1
-    return gone
-
-
 def run_job_id(
     store: JobStore,
     runner: Runner,

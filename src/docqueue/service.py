@@ -27,7 +27,7 @@ from docqueue.models import (
     utcnow,
 )
 from docqueue.processors import Processor, Registry, builtin_registry
-from docqueue.runner import Runner, forget_files
+from docqueue.runner import Runner
 from docqueue.settings import Settings
 from docqueue.storage import Storage, sniff_media_type
 from docqueue.store import JobStore, upgrade
@@ -57,11 +57,13 @@ class DocumentQueueService:
         migrate: bool = True,
     ) -> None:
         self.settings = settings or Settings()
-        self.store = store or JobStore.from_settings(self.settings)
+        self.storage = storage or Storage(self.settings.resolved_storage_url)
+        self.store = store or JobStore.from_settings(self.settings, files=self.storage)
+        if self.store.files is None:  # a store given without its files checks this storage
+            self.store.files = self.storage
         if migrate:
             upgrade(self.store.engine)
         self.registry = registry or builtin_registry(self.settings.imports)
-        self.storage = storage or Storage(self.settings.resolved_storage_url)
         self.worker_id = f"service:{socket.gethostname()}:{os.getpid()}"
         self._runner: Runner | None = None
 
@@ -150,7 +152,7 @@ class DocumentQueueService:
 
     def forget_unused(self, inputs: tuple[Artifact, ...]) -> None:
         """Remove the bytes stored for a job that was not made, unless another job names them."""
-        forget_files(self.store, self.storage, inputs)
+        self.store.forget_files(a.sha256 for a in inputs)
 
     def store_document(
         self, document: str | os.PathLike[str] | bytes, name: str | None

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,6 +149,7 @@ class Storage:
                 _sync(staged.temp)
             if self.fs.exists(target):
                 self.fs.rm(staged.temp)
+                self._touch(target)
             else:
                 folder = target.rsplit("/", 1)[0]
                 new_folder = self.local and not os.path.isdir(folder)
@@ -206,6 +207,24 @@ class Storage:
         """True when the bytes are stored."""
         return bool(self.fs.exists(self.key(sha256)))
 
+    def missing(self, sha256s: Collection[str]) -> set[str]:
+        """Which of `sha256s` are not stored."""
+        return {sha256 for sha256 in sha256s if not self.fs.exists(self.key(sha256))}
+
+    def stored(self, prefix: str) -> Iterator[tuple[str, float | None]]:
+        """The addresses stored under a two-hex-digit `prefix` ("00" to "ff"), each with the
+        time its bytes were last stored (None where storage does not tell)."""
+        if len(prefix) != 2 or not _HEX.issuperset(prefix):
+            raise ValueError(f"{prefix!r} is not two lowercase hex digits")
+        try:
+            entries = self.fs.ls(f"{self.root}/sha256/{prefix}", detail=True, refresh=True)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            name = entry["name"].rsplit("/", 1)[-1]
+            if entry.get("type") == "file" and len(name) == 64 and _HEX.issuperset(name):
+                yield name, _modified(entry)
+
     def size(self, sha256: str) -> int:
         """Size of the stored bytes; NotFound when they are not stored."""
         try:
@@ -250,6 +269,13 @@ class Storage:
                 self._remove_quietly(entry["name"])
                 removed += 1
         return removed
+
+    def _touch(self, key: str) -> None:
+        """Mark stored bytes as stored again now, so that a sweep for files no job names leaves
+        them to the job about to name them (local disks; elsewhere a touch would be a copy)."""
+        if self.local:
+            with contextlib.suppress(OSError):  # removed meanwhile: the commit will tell
+                os.utime(key)
 
     def _temp_key(self, kind: str) -> str:
         """A fresh temporary key beside the content keys (same filesystem, so a move is a rename)."""

@@ -71,7 +71,6 @@ def test_lease_is_renewed_while_the_job_runs(store: JobStore, tmp_path: Path) ->
 
 def test_pruned_jobs_take_only_their_own_files(settings: object, tmp_path: Path) -> None:
     """Bytes shared by two jobs stay until the last job naming them is pruned."""
-    from docqueue.runner import forget_files
     from docqueue.service import DocumentQueueService
 
     service = DocumentQueueService(settings)  # type: ignore[arg-type]
@@ -91,8 +90,8 @@ def test_pruned_jobs_take_only_their_own_files(settings: object, tmp_path: Path)
         )
     removed = service.store.prune(timedelta(days=7))
     assert [a.sha256 for a in removed] == [sha]
-    assert forget_files(service.store, service.storage, removed) == 0
+    assert service.store.forget_files(a.sha256 for a in removed) == 0
     assert service.storage.exists(sha)
     removed = service.store.prune(timedelta(days=-1))
-    assert forget_files(service.store, service.storage, removed) == 1
+    assert service.store.forget_files(a.sha256 for a in removed) == 1
     assert not service.storage.exists(sha)

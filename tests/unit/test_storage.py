@@ -121,6 +121,21 @@ def test_missing_bytes_are_not_found(storage: Storage) -> None:
     assert storage.delete(absent) is False
 
 
+def test_stored_addresses_are_listed_by_folder_with_their_time(storage: Storage) -> None:
+    """What the sweep for unused files reads: each address of a folder, with when its bytes
+    were stored; `missing` tells which addresses are not stored."""
+    blob = storage.put_bytes(b"listed")
+    absent = hashlib.sha256(b"never stored").hexdigest()
+    listed = dict(storage.stored(blob.sha256[:2]))
+    assert list(listed) == [blob.sha256]
+    when = listed[blob.sha256]
+    assert when is not None and abs(when - time.time()) < 300
+    assert list(storage.stored("ff" if blob.sha256[:2] != "ff" else "00")) == []
+    assert storage.missing({blob.sha256, absent}) == {absent}
+    with pytest.raises(ValueError, match="two lowercase hex digits"):
+        list(storage.stored("../"))
+
+
 def test_delete_forgets_the_bytes(storage: Storage) -> None:
     blob = storage.put_bytes(b"short-lived")
     assert storage.delete(blob.sha256) is True

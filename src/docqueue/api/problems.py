@@ -17,6 +17,7 @@ from docqueue.api.schemas import Problem
 from docqueue.errors import (
     Conflict,
     DocqueueError,
+    FileRemoved,
     IdempotencyKeyReused,
     InputError,
     InvalidJob,
@@ -54,6 +55,7 @@ VALIDATION = Kind("validation-error", "Request validation failed", 422)
 TOO_LARGE = Kind("payload-too-large", "Payload too large", 413)
 UNSUPPORTED = Kind("unsupported-media-type", "Unsupported media type", 415)
 CONFLICT = Kind("conflict", "Conflict", 409)
+FILE_REMOVED = Kind("file-removed", "File removed", 409)
 NOT_FINISHED = Kind("not-finished", "Job not finished", 409)
 QUEUE_FULL = Kind("queue-full", "Queue full", 429)
 FORBIDDEN = Kind("forbidden", "Forbidden", 403)
@@ -63,6 +65,7 @@ INTERNAL = Kind("internal-error", "Internal server error", 500)
 #: Most specific first: the first class an error is an instance of decides its kind.
 ERROR_KINDS: list[tuple[type[Exception], Kind]] = [
     (NotFound, NOT_FOUND),
+    (FileRemoved, FILE_REMOVED),
     (Conflict, CONFLICT),
     (QueueFull, QUEUE_FULL),
     (TooLarge, TOO_LARGE),

@@ -10,7 +10,6 @@ import socket
 import time
 from collections import deque
 from contextlib import closing
-from datetime import timedelta
 from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any
@@ -19,12 +18,12 @@ from uuid import UUID, uuid4
 from sqlalchemy.exc import DBAPIError
 
 from docqueue.dispatch.child import Task
+from docqueue.dispatch.housekeeping import Housekeeping
 from docqueue.dispatch.pool import ChildHandle, Pending, Timers
 from docqueue.dispatch.writer import StoreWriter
 from docqueue.heap import startup_objects_frozen
 from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import Registry, builtin_registry
-from docqueue.runner import forget_files
 from docqueue.settings import Settings
 from docqueue.storage import Storage
 from docqueue.store import JobStore, WorkerRegistry
@@ -49,8 +48,6 @@ MAX_CHUNK = 32
 DEFAULT_PREFETCH = {"postgresql": 256, "sqlite": 64}
 #: Longest pause between tries while the store is unreachable.
 STORE_RETRY_MAX = 5.0
-#: Seconds between prunes of finished jobs past the retention time.
-PRUNE_INTERVAL = 600.0
 
 
 class Supervisor:
@@ -59,9 +56,9 @@ class Supervisor:
     def __init__(self, settings: Settings, *, burst: bool = False) -> None:
         self.settings = settings
         self.burst = burst
-        self.store = JobStore.from_settings(settings)
-        self.workers = WorkerRegistry(self.store.engine)
         self.storage = Storage(settings.resolved_storage_url)
+        self.store = JobStore.from_settings(settings, files=self.storage)
+        self.workers = WorkerRegistry(self.store.engine)
         self.registry: Registry = builtin_registry(settings.imports)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:6]}"
         self.mp = multiprocessing.get_context("forkserver")
@@ -70,6 +67,7 @@ class Supervisor:
         self.buffer: deque[Task] = deque()
         self.pending = Pending()
         self.timers = Timers()
+        self.housekeeping = Housekeeping(self.store, self.storage, settings.retention_days)
         self.stopping = False
         self.store_failures = 0
         #: Moving average of job run time, which decides how far to claim ahead and in chunks.
@@ -458,7 +456,7 @@ class Supervisor:
     # -- periodic duties ---------------------------------------------------------------------
 
     def _maintain(self) -> None:
-        """Renew leases, take back expired ones, prune old jobs, when each is due."""
+        """Renew leases, take back expired ones, prune old jobs, sweep storage, when each is due."""
         now = time.monotonic()
         lease = self.settings.lease_seconds
         if now >= self.timers.heartbeat:
@@ -469,28 +467,7 @@ class Supervisor:
             reaped = self.store.reap_expired()
             if reaped:
                 log.warning("took back %d jobs whose worker stopped renewing the lease", reaped)
-        if now >= self.timers.prune:
-            self.timers.prune = now + PRUNE_INTERVAL
-            self._sweep_temp()
-            if self.settings.retention_days:
-                removed = self.store.prune(timedelta(days=self.settings.retention_days))
-                if removed:
-                    files = forget_files(self.store, self.storage, removed)
-                    log.info(
-                        "pruned finished jobs past retention; %d stored files went with them",
-                        files,
-                    )
-
-    def _sweep_temp(self) -> None:
-        """Remove temporary files an upload or a job left behind when its process died (an
-        hour old: none is in use any more); storage that fails now is swept next time."""
-        try:
-            removed = self.storage.remove_stale_temp()
-        except Exception as exc:
-            log.warning("could not sweep temporary files from %s: %s", self.storage, exc)
-            return
-        if removed:
-            log.info("removed %d temporary files left by interrupted uploads or jobs", removed)
+        self.housekeeping.run(now)
 
     def _heartbeat(self) -> None:
         """Renew leases; stop the children whose running job was cancelled or taken back."""

@@ -114,7 +114,6 @@ class Timers:
     due: float = 0.0
     heartbeat: float = 0.0
     reap: float = 0.0
-    prune: float = 0.0
     flush_by: float = 0.0
     stop_by: float | None = None
     last_claim_full: bool = False

@@ -36,6 +36,7 @@ from docqueue.models import (
 from docqueue.settings import Settings
 from docqueue.store import pgbatch
 from docqueue.store.engine import make_engine, write_transaction
+from docqueue.store.files import StoredFiles, gone_from
 from docqueue.store.requests import JobRequests
 from docqueue.store.rows import job_from_row
 from docqueue.store.tables import WAITING, jobs, status_in
@@ -80,6 +81,22 @@ def _artifacts(completion: Completion) -> tuple[Artifact, ...]:
     return completion.outcome.artifacts
 
 
+def _without_lost_outputs(completion: Completion, gone: set[str]) -> Completion:
+    """The completion, or a retryable failure if it names one of the removed files `gone`."""
+    outcome = completion.outcome
+    if not isinstance(outcome, Succeeded):
+        return completion
+    lost = [a.name for a in outcome.artifacts if a.sha256 in gone]
+    if not lost:
+        return completion
+    error = ErrorInfo(
+        "OutputRemoved",
+        f"output {lost[0]!r} was removed from storage before the job could record it (a job "
+        "with the same bytes was deleted meanwhile); the job runs again to make it anew",
+    )
+    return Completion(completion.job_id, completion.attempt, Failed(error))
+
+
 class JobStore(JobRequests):
     """Enqueues, claims, completes, retries, cancels and prunes jobs, on SQLite or PostgreSQL."""
 
@@ -90,8 +107,11 @@ class JobStore(JobRequests):
         retry_policy: RetryPolicy | None = None,
         default_max_attempts: int = 3,
         max_queued: int = 0,
+        files: StoredFiles | None = None,
     ) -> None:
-        super().__init__(engine, default_max_attempts=default_max_attempts, max_queued=max_queued)
+        super().__init__(
+            engine, default_max_attempts=default_max_attempts, max_queued=max_queued, files=files
+        )
         self.retry_policy = retry_policy or RetryPolicy()
 
     @classmethod
@@ -100,13 +120,15 @@ class JobStore(JobRequests):
         return cls(make_engine(url), **options)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JobStore:
-        """The store the settings describe, with their retry and queue-size rules."""
+    def from_settings(cls, settings: Settings, files: StoredFiles | None = None) -> JobStore:
+        """The store the settings describe, with their retry and queue-size rules; `files` is
+        the storage its jobs' files are in (see JobRequests.files)."""
         return cls.from_url(
             settings.resolved_database_url,
             retry_policy=RetryPolicy(settings.retry_base_delay, settings.retry_max_delay),
             default_max_attempts=settings.max_attempts,
             max_queued=settings.max_queued,
+            files=files,
         )
 
     # -- claim -------------------------------------------------------------------------------
@@ -298,6 +320,7 @@ class JobStore(JobRequests):
         self, conn: Connection, completions: Sequence[Completion], now: datetime
     ) -> list[JobState | None]:
         """Successes in three statements for the whole batch; other outcomes one by one."""
+        completions = self._check_outputs(conn, completions)
         done: dict[Held, JobState | None] = {}
         wins = [c for c in completions if isinstance(c.outcome, Succeeded)]
         if wins:
@@ -310,6 +333,20 @@ class JobStore(JobRequests):
             if not isinstance(c.outcome, Succeeded):
                 done[(c.job_id, c.attempt)] = self._complete_one(conn, c, now)
         return [done[(c.job_id, c.attempt)] for c in completions]
+
+    def _check_outputs(
+        self, conn: Connection, completions: Sequence[Completion]
+    ) -> Sequence[Completion]:
+        """The completions, with a success whose outputs were removed meanwhile (another job
+        with the same bytes deleted, see files.py) turned into a failure to retry: its outputs
+        are made again by the next attempt. The rest stay stored until this commit names them."""
+        outputs = {
+            a.sha256 for c in completions if isinstance(c.outcome, Succeeded) for a in _artifacts(c)
+        }
+        gone = gone_from(conn, self.files, outputs)
+        if not gone:
+            return completions
+        return [_without_lost_outputs(c, gone) for c in completions]
 
     def _succeed(
         self, conn: Connection, wins: Sequence[Completion], now: datetime

@@ -197,12 +197,6 @@ class JobReader:
         with read_transaction(self.engine) as conn:
             return conn.execute(query.limit(1)).first() is not None
 
-    def is_referenced(self, sha256: str) -> bool:
-        """True while some stored job still names the bytes `sha256`."""
-        with read_transaction(self.engine) as conn:
-            query = select(artifacts.c.id).where(artifacts.c.sha256 == sha256).limit(1)
-            return conn.execute(query).first() is not None
-
     def position(self, job: Job, *, most: int = POSITION_LIMIT) -> int | None:
         """How many waiting jobs of its queue will be claimed before `job`, counted up to `most`.
 

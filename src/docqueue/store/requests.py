@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -12,9 +12,10 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
-from docqueue.errors import Conflict, IdempotencyKeyReused, NotFound, QueueFull
+from docqueue.errors import Conflict, FileRemoved, IdempotencyKeyReused, NotFound, QueueFull
 from docqueue.models import JSON, Artifact, Job, JobState, NewJob, utcnow
 from docqueue.store.engine import NOTIFY_CHANNEL, write_transaction
+from docqueue.store.files import REMOVE_BATCH, StoredFiles, gone_from, lock_files, named
 from docqueue.store.group import GroupCommit
 from docqueue.store.reader import JobReader
 from docqueue.store.rows import artifact_from_row, job_from_row
@@ -30,10 +31,21 @@ INSERT_JOBS = insert(jobs).returning(*jobs.c, sort_by_parameter_order=True)
 class JobRequests(JobReader):
     """State changes that clients and operators ask for, apart from the workers' own."""
 
-    def __init__(self, engine: Engine, *, default_max_attempts: int, max_queued: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        default_max_attempts: int,
+        max_queued: int,
+        files: StoredFiles | None = None,
+    ) -> None:
         super().__init__(engine)
         self.default_max_attempts = default_max_attempts
         self.max_queued = max_queued
+        #: The storage whose files jobs name: commits check that what they name is still
+        #: stored, and `forget_files` removes from it (files.py). None checks nothing and
+        #: removes nothing, for stores that only read or administer jobs.
+        self.files = files
         self._grouped = GroupCommit(self._insert)
 
     def enqueue(self, new: NewJob, *, now: datetime | None = None) -> tuple[Job, bool]:
@@ -63,6 +75,7 @@ class JobRequests(JobReader):
         with write_transaction(self.engine) as conn:
             known = self._by_idempotency_keys(conn, {n.idempotency_key for n, _ in news})
             fresh = _without_twins(news, known)
+            self._check_inputs(conn, fresh)
             for queue, count in Counter(new.queue for new, _ in fresh).items():
                 self._check_room(conn, queue, count)
             made = iter(self._insert_fresh(conn, fresh))
@@ -139,6 +152,17 @@ class JobRequests(JobReader):
             ):
                 inputs[artifact.job_id].append(artifact_from_row(artifact))
         return {row.idempotency_key: (job_from_row(row), tuple(inputs[row.id])) for row in rows}
+
+    def _check_inputs(self, conn: Connection, news: list[tuple[NewJob, datetime]]) -> None:
+        """Refuse jobs whose input files were removed since they were stored (their last job
+        deleted meanwhile); the others' stay stored until the jobs are committed."""
+        sha256s = {a.sha256 for new, _ in news for a in new.input_artifacts}
+        gone = gone_from(conn, self.files, sha256s)
+        if gone:
+            raise FileRemoved(
+                f"stored file {min(gone)} was removed (the last job naming it was deleted) "
+                "while this job was submitted; upload the file again"
+            )
 
     def _check_room(self, conn: Connection, queue: str, adding: int) -> None:
         """Refuse `adding` jobs when their queue would hold more than `max_queued` waiting ones."""
@@ -246,6 +270,27 @@ class JobRequests(JobReader):
                 removed.extend(self._delete(conn, ids))
             if len(ids) < batch:
                 return removed
+
+    def forget_files(self, sha256s: Iterable[str]) -> int:
+        """Remove the stored bytes of the files no job names any more (after a delete or a
+        prune, or of an upload whose job was not made); return how many went.
+
+        Each is checked and removed under its exclusive lock, so a job that names the same
+        bytes meanwhile either keeps them or finds them gone when it commits (files.py).
+        """
+        if self.files is None:
+            raise RuntimeError("this store was made without files=storage; it removes no files")
+        wanted = sorted(set(sha256s))
+        gone = 0
+        for start in range(0, len(wanted), REMOVE_BATCH):
+            batch = wanted[start : start + REMOVE_BATCH]
+            with write_transaction(self.engine) as conn:
+                lock_files(conn, batch, exclusive=True)
+                keep = named(conn, batch)
+                gone += sum(
+                    1 for sha256 in batch if sha256 not in keep and self.files.delete(sha256)
+                )
+        return gone
 
     def _delete(self, conn: Connection, ids: list[UUID]) -> list[Artifact]:
         """Delete jobs, their events and their artifact rows."""

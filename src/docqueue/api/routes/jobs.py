@@ -13,7 +13,6 @@ from docqueue.api.deps import (
     MetricsDep,
     ServiceDep,
     SettingsDep,
-    StorageDep,
     StoreDep,
     Wait,
 )
@@ -22,7 +21,6 @@ from docqueue.api.schemas import JobOut, JobPageOut, JobSubmission, ResultOut, j
 from docqueue.api.submission import SubmissionDep, accept
 from docqueue.api.views import job_out
 from docqueue.models import Job, JobState
-from docqueue.runner import forget_files
 
 log = logging.getLogger("docqueue.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -169,10 +167,10 @@ def retry_job(job_id: JobId, store: StoreDep, response: Response) -> JobOut:
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ACTION_PROBLEMS)
-def delete_job(job_id: JobId, store: StoreDep, storage: StorageDep) -> Response:
+def delete_job(job_id: JobId, store: StoreDep) -> Response:
     """Delete a finished job, its timeline and the bytes of its files no other job names."""
     removed = store.delete(job_id)
-    forget_files(store, storage, removed)
+    store.forget_files(a.sha256 for a in removed)
     log.info("deleted with %d artifacts", len(removed), extra={"job_id": str(job_id)})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
