@@ -196,6 +196,25 @@ def test_retry_waits_for_backoff(engine) -> None:  # type: ignore[no-untyped-def
     assert [j.attempt for j in after] == [2]
 
 
+def test_backoff_starts_again_after_a_retry_by_hand(engine) -> None:  # type: ignore[no-untyped-def]
+    """A manual retry grants a fresh set of attempts, and their backoff starts from the base
+    delay again, not from where the attempt numbers have come to."""
+    from docqueue.models import RetryPolicy
+
+    store = JobStore(engine, retry_policy=RetryPolicy(base_delay=10, max_delay=10_000))
+    job, _ = store.enqueue(NewJob("noop", max_attempts=6))
+    now = utcnow()
+    for attempt in range(1, 7):
+        store.claim("w1", ["default"], 1, lease_seconds=LEASE, now=now)
+        store.complete([Completion(job.id, attempt, Failed(ErrorInfo("E", "x")))], now=now)
+        now = store.get(job.id).run_at
+    store.retry(job.id, now=now)
+    (again,) = store.claim("w1", ["default"], 1, lease_seconds=LEASE, now=now)
+    assert again.attempt == 7
+    store.complete([Completion(job.id, 7, Failed(ErrorInfo("E", "x")))], now=now)
+    assert store.get(job.id).run_at <= now + timedelta(seconds=10)
+
+
 def test_input_error_fails_at_once(store: JobStore) -> None:
     """A permanent failure is never retried, whatever attempts remain."""
     job, _ = store.enqueue(NewJob("noop", max_attempts=5))

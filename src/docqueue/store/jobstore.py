@@ -408,7 +408,9 @@ class JobStore(JobRequests):
         self, conn: Connection, job_id: UUID, attempt: int, outcome: Failed, now: datetime
     ) -> JobState | None:
         """Schedule a retry with backoff, or fail for good when permanent or out of attempts."""
-        delay = self.retry_policy.delay(attempt)
+        # Backoff counts the attempts since the last manual retry, which grants a fresh set.
+        base = conn.execute(select(jobs.c.attempt_base).where(jobs.c.id == job_id)).scalar()
+        delay = self.retry_policy.delay(attempt - (base or 0))
         retry = and_(jobs.c.attempt < jobs.c.max_attempts, literal(not outcome.permanent))
         row = conn.execute(
             self._running(job_id, attempt)
