@@ -208,8 +208,9 @@ class Storage:
         return bool(self.fs.exists(self.key(sha256)))
 
     def missing(self, sha256s: Collection[str]) -> set[str]:
-        """Which of `sha256s` are not stored."""
-        return {sha256 for sha256 in sha256s if not self.fs.exists(self.key(sha256))}
+        """Which of `sha256s` are not stored (a commit asks, holding the store's write lock)."""
+        exists = os.path.isfile if self.local else self.fs.exists
+        return {sha256 for sha256 in sha256s if not exists(self.key(sha256))}
 
     def stored(self, prefix: str) -> Iterator[tuple[str, float | None]]:
         """The addresses stored under a two-hex-digit `prefix` ("00" to "ff"), each with the
