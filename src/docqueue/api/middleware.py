@@ -48,12 +48,23 @@ class ObserveRequests:
 
 
 def _log_request(scope: Scope, status: int, elapsed: float) -> None:
-    """One line per request; `job_id` rides along as logging extra when the request names a job."""
-    job_id: Any = scope.get("path_params", {}).get("job_id") or scope.get("state", {}).get("job_id")
+    """One line per request; `job_id` rides along as logging extra when the request names a job,
+    and an endpoint's `log_note` (request.state) ends the line."""
+    state = scope.get("state", {})
+    job_id: Any = scope.get("path_params", {}).get("job_id") or state.get("job_id")
     query = scope.get("query_string", b"").decode("latin-1")
     path = scope["path"] + (f"?{query}" if query else "")
     extra = {"job_id": str(job_id)} if job_id else {}
-    log.info("%s %s -> %s in %.1f ms", scope["method"], path, status, elapsed * 1000, extra=extra)
+    note = state.get("log_note")
+    log.info(
+        "%s %s -> %s in %.1f ms%s",
+        scope["method"],
+        path,
+        status,
+        elapsed * 1000,
+        f": {note}" if note else "",
+        extra=extra,
+    )
 
 
 class LimitBody:

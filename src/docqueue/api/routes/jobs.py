@@ -90,7 +90,8 @@ def submit_job(
     request.state.job_id = str(job.id)
     if created:
         metrics.submitted.labels(job.operation).inc()
-        log.info("accepted %s job in queue %s", job.operation, job.queue, extra=_tag(job))
+        # Said on the request's own line (middleware.py): one line per submission, not two.
+        request.state.log_note = f"accepted {job.operation} job in queue {job.queue}"
     else:
         response.headers["Idempotent-Replayed"] = "true"
     job = watch.wait(job, min(wait, settings.max_wait_seconds))
