@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     max_jobs_per_child: int = Field(default=1000, ge=0)
     #: Seconds running jobs get to finish after SIGTERM before they are released.
     shutdown_grace: float = Field(default=30.0, ge=0)
-    #: Seconds between store polls of an idle worker (PostgreSQL also wakes it by NOTIFY).
+    #: Seconds between store polls of an idle worker where nothing wakes it. A commit wakes it
+    #: at once on PostgreSQL (NOTIFY) and on SQLite under Linux (inotify); it then polls only
+    #: for jobs that come due by the clock, every 0.2 s, and after a missed notification.
     poll_interval: float = Field(default=0.02, gt=0)
     #: Days finished jobs and their artifacts are kept; 0 keeps them forever.
     retention_days: float = Field(default=7.0, ge=0)

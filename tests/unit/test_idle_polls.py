@@ -4,6 +4,8 @@ the store only after something was committed (PRAGMA data_version), not on every
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from sqlalchemy import event
 from docqueue.api.longpoll import EventFeed, FinishWatch
 from docqueue.dispatch.local import Supervisor
 from docqueue.models import Completion, Job, JobEvent, JobState, NewJob, Succeeded
-from docqueue.store import JobStore
+from docqueue.store import CommitWatch, JobStore, upgrade
 from docqueue.store.engine import SqliteChanges, make_engine
 from tests.conftest import quick_settings
 
@@ -172,3 +174,91 @@ def test_a_stream_that_comes_after_its_job_finished_ends(store: JobStore) -> Non
     events = asyncio.run(main())
     assert events == store.events(late.id)
     assert events[-1].type == "succeeded"
+
+
+def test_a_commit_watch_wakes_on_a_commit_from_another_process(tmp_path: Path) -> None:
+    """A commit made by another process (a real child, as the API is to the worker) ends a
+    wait at once, long before its timeout; `wake()` ends one from another thread; and with
+    nothing committed the wait runs out. PostgreSQL and in-memory SQLite have no watch."""
+    url = f"sqlite:///{tmp_path / 'docqueue.db'}"
+    store = JobStore.from_url(url)
+    upgrade(store.engine)
+    store.enqueue(NewJob("noop"))  # the log file exists from here on
+    watch = CommitWatch.of(store.engine)
+    assert watch is not None
+    try:
+        watch.drain()
+        assert not watch.wait(0.05), "nothing was committed"
+        script = (
+            "from docqueue.store import JobStore; from docqueue.models import NewJob; "
+            f"JobStore.from_url({url!r}).enqueue(NewJob('noop'))"
+        )
+        child = subprocess.Popen([sys.executable, "-c", script])
+        try:
+            assert watch.wait(60), "the other process's commit woke the watch"
+        finally:
+            child.wait(60)
+        threading.Timer(0.05, watch.wake).start()
+        assert watch.wait(60), "wake() ended the wait"
+    finally:
+        watch.close()
+        store.engine.dispose()
+    assert CommitWatch.of(make_engine("sqlite:///:memory:")) is None
+
+
+def test_an_idle_worker_is_woken_by_a_commit_instead_of_its_poll(
+    database_url: str, tmp_path: Path
+) -> None:
+    """With its next poll a minute away, an idle supervisor waits on the store's commits: a
+    submission from another connection ends its wait, and it finds the job while the commit
+    lands. PostgreSQL wakes it by NOTIFY instead (tested with the worker)."""
+    supervisor = Supervisor(quick_settings(database_url, tmp_path))
+    other = JobStore.from_url(database_url)
+    try:
+        if database_url.startswith("postgresql"):
+            assert supervisor.commits is None
+            return
+        supervisor.children = [supervisor._spawn()]  # one idle child: room for work
+        supervisor._claim_due()
+        timers = supervisor.timers
+        timers.poll = timers.due = timers.heartbeat = timers.reap = time.monotonic() + 60
+        waiting = threading.Thread(target=supervisor._wait, args=([],))
+        waiting.start()
+        time.sleep(0.1)
+        assert waiting.is_alive(), "nothing to do for a minute: it waits"
+        other.enqueue(NewJob("noop"))
+        waiting.join(30)
+        assert not waiting.is_alive(), "the commit did not end the wait"
+        assert timers.poll == 0.0, "woken by the commit: it polls now"
+        deadline = time.monotonic() + 30
+        while not supervisor._claim_due():
+            assert time.monotonic() < deadline, "the woken worker did not find the job"
+            time.sleep(0.001)
+    finally:
+        for child in supervisor.children:
+            child.kill()
+        supervisor.close()
+        other.engine.dispose()
+
+
+def test_a_long_poll_is_answered_by_the_commit_that_finishes_its_job(store: JobStore) -> None:
+    """On SQLite the reader waits for commits, not for its next round: with rounds a minute
+    apart, the commit that finishes the job still answers its waiter."""
+
+    class SlowRounds(FinishWatch):
+        IDLE = 60.0
+
+    job, _ = store.enqueue(NewJob("noop"))
+    watch = SlowRounds(store)
+    answer: list[JobState] = []
+    waiter = threading.Thread(target=lambda: answer.append(watch.wait(job, 120).status))
+    waiter.start()
+    reads = statements(store, "status NOT IN")
+    time.sleep(0.2)  # the waiter's own first read is done
+    finish(store, job)
+    waiter.join(30)
+    if store.is_postgres:  # no watch: rounds every INTERVAL
+        assert answer == [JobState.SUCCEEDED]
+        return
+    assert answer == [JobState.SUCCEEDED], "the finishing commit did not wake the reader"
+    assert len(reads) >= 1

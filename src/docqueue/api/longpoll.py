@@ -4,11 +4,13 @@ of the store each.
 A request waiting for its job to finish used to read the job again after pauses growing to
 half a second: each waiter cost queries of its own, and a job finishing just after a read was
 answered up to a pause late. Here the waiters register the job they wait for, and one thread
-asks the store every `INTERVAL` which of all the watched jobs have finished (one query, however
-many wait) and wakes those waiters at once. The thread runs only while somebody waits.
-Server-sent event streams are served the same way by `EventFeed`. On SQLite both readers skip
-their query while nothing was committed since their last one (`SqliteChanges`), unless a new
-waiter came meanwhile: its job may have finished before it registered.
+asks the store which of all the watched jobs have finished (one query, however many wait),
+at most every `INTERVAL`, and wakes those waiters at once. The thread runs only while somebody
+waits. Server-sent event streams are served the same way by `EventFeed`. On SQLite both readers
+wait for a commit (`CommitWatch`) rather than polling, so a finished job is answered as soon as
+its commit lands, and they skip their query while nothing was committed since their last one
+(`SqliteChanges`), unless a new waiter came meanwhile: its job may have finished before it
+registered.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from uuid import UUID
 from anyio import to_thread
 
 from docqueue.models import Job, JobEvent
-from docqueue.store import JobStore, SqliteChanges, watch_changes
+from docqueue.store import CommitWatch, JobStore, SqliteChanges, watch_changes, watch_commits
+from docqueue.store.engine import COMMIT_LANDING, LANDING_STEP
 
 log = logging.getLogger("docqueue.api")
 #: What a reader's waiters want read in a round.
@@ -34,16 +37,20 @@ Wanted = TypeVar("Wanted", list[UUID], dict[UUID, int])
 
 
 class _Reader(Generic[Wanted]):
-    """One thread that reads the store every `INTERVAL` for everybody waiting in this process,
-    started by the first to register and ended when nobody waits. On SQLite a round skips its
-    read while nothing was committed since the last one, unless somebody registered meanwhile.
+    """One thread that reads the store for everybody waiting in this process, at most every
+    `INTERVAL`, started by the first to register and ended when nobody waits. On SQLite it
+    waits for a commit between rounds, and a round skips its read while nothing was committed
+    since the last one, unless somebody registered meanwhile.
 
     Subclasses say what the waiters want read (`_wanted`, called with the lock held; empty when
     nobody waits) and read it (`_read`).
     """
 
-    #: Seconds between two reads of the store while anybody waits.
+    #: Least seconds between two reads of the store while anybody waits.
     INTERVAL: float
+    #: Longest wait for a commit before a round looks anyway (a commit is seen by its watch at
+    #: once; this only bounds a wait the watch could not end, for a log file made meanwhile).
+    IDLE = 1.0
     #: Who reads, for the thread's name and the log.
     NAME: str
 
@@ -53,6 +60,8 @@ class _Reader(Generic[Wanted]):
         self._running = False
         #: Somebody registered since the last read: read even if nothing was committed.
         self._fresh = False
+        #: The running thread's watch, which `_registered` wakes.
+        self._commits: CommitWatch | None = None
 
     def _registered(self) -> None:
         """After a waiter registered (the lock held): read next round, run the thread."""
@@ -60,20 +69,34 @@ class _Reader(Generic[Wanted]):
         if not self._running:
             self._running = True
             threading.Thread(target=self._rounds, name=f"docqueue-{self.NAME}", daemon=True).start()
+        elif self._commits is not None:
+            self._commits.wake()
 
     def _rounds(self) -> None:
-        """Until nobody waits: every INTERVAL, read for all the waiters at once."""
-        with watch_changes(self.store.engine) as changes:
+        """Until nobody waits: after each commit (or every INTERVAL without a watch), and at
+        most every INTERVAL, read for all the waiters at once."""
+        engine = self.store.engine
+        with watch_changes(engine) as changes, watch_commits(engine) as commits:
+            with self._lock:
+                self._commits = commits
+            last_read = landing_until = 0.0
             while True:
-                time.sleep(self.INTERVAL)
+                time.sleep(max(0.0, last_read + self.INTERVAL - time.monotonic()))
+                if commits is not None and not self._fresh:
+                    if time.monotonic() < landing_until:  # a commit seen written may land now
+                        commits.wait(LANDING_STEP)
+                    elif commits.wait(self.IDLE):
+                        landing_until = time.monotonic() + COMMIT_LANDING
                 with self._lock:
                     wanted = self._wanted()
                     fresh, self._fresh = self._fresh, False
                     if not wanted:
                         self._running = False
+                        self._commits = None
                         return
                 if not _changed(changes) and not fresh:
                     continue
+                last_read = time.monotonic()
                 try:
                     self._read(wanted)
                 except Exception:  # the waiters wait for the next round; the reader goes on
@@ -94,7 +117,7 @@ class _Reader(Generic[Wanted]):
 class FinishWatch(_Reader[list[UUID]]):
     """Waits for jobs to finish, for any number of threads at once, with one query per round."""
 
-    INTERVAL = 0.025
+    INTERVAL = 0.01
     NAME = "long-poll"
 
     def __init__(self, store: JobStore) -> None:
@@ -148,11 +171,11 @@ class EventFeed(_Reader[dict[UUID, int]]):
     """Live job timelines for any number of event streams, with one read of the store per round.
 
     A stream first reads the timeline so far on its own, then registers; a thread asks the store
-    every `INTERVAL` for the newer events of all the followed jobs and whether each finished,
+    (at most every `INTERVAL`) for the newer events of all the followed jobs and whether each finished,
     and wakes the streams that have something new. The thread runs only while a stream follows.
     """
 
-    INTERVAL = 0.25
+    INTERVAL = 0.05
     NAME = "events"
 
     def __init__(self, store: JobStore) -> None:

@@ -27,7 +27,13 @@ from docqueue.processors import Registry, builtin_registry
 from docqueue.settings import Settings
 from docqueue.storage import Storage
 from docqueue.store import JobStore, WorkerRegistry
-from docqueue.store.engine import Listener, SqliteChanges
+from docqueue.store.engine import (
+    COMMIT_LANDING,
+    LANDING_STEP,
+    CommitWatch,
+    Listener,
+    SqliteChanges,
+)
 
 log = logging.getLogger("docqueue.worker")
 #: Seconds a child gets to stop on its own after its job was cancelled, before it is killed.
@@ -77,6 +83,8 @@ class Supervisor:
         )
         self.listener = Listener(self.store.engine) if self.store.is_postgres else None
         self.changes = SqliteChanges.of(self.store.engine)
+        #: On SQLite, wakes an idle supervisor when anything is committed (a job queued, say).
+        self.commits = CommitWatch.of(self.store.engine)
         #: Most jobs claimed ahead, however short they are.
         self.prefetch: int = (
             settings.prefetch
@@ -114,6 +122,8 @@ class Supervisor:
             self.listener.close()
         if self.changes is not None:
             self.changes.close()
+        if self.commits is not None:
+            self.commits.close()
         self.store.engine.dispose()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
@@ -287,9 +297,13 @@ class Supervisor:
         # Nothing committed since the last look (read before the query, so that a commit
         # during it is seen next time) and nothing scheduled can have come due yet.
         if self.changes is not None and not self.changes.changed() and now < self.timers.due:
-            return False
-        self.timers.due = now + DUE_RECHECK
-        return self.store.has_due(self.settings.queues)
+            found = False
+        else:
+            self.timers.due = now + DUE_RECHECK
+            found = self.store.has_due(self.settings.queues)
+        if not found and now < self.timers.landing_until:  # a commit seen written may land now
+            self.timers.poll = now + LANDING_STEP
+        return found
 
     def _flush_due(self) -> bool:
         """True when gathered outcomes should be written now rather than with the next claim."""
@@ -307,10 +321,18 @@ class Supervisor:
         return processor is None or processor.takes_file
 
     def _idle_poll(self) -> float:
-        """Seconds between polls while there is room for work."""
+        """Seconds between polls while there is room for work: a commit or a notification ends
+        the wait at once where the store can tell (then polls only find jobs that came due by
+        the clock, or a missed notification)."""
         if self.listener is not None:
             return max(self.settings.poll_interval, NOTIFY_FALLBACK_POLL)
+        if self.commits is not None and self.commits.watching():
+            return max(self.settings.poll_interval, DUE_RECHECK)
         return self.settings.poll_interval
+
+    def _has_room(self) -> bool:
+        """True when a child could take a job now."""
+        return not self.stopping and any(not c.busy for c in self.children)
 
     def _assign(self) -> None:
         """Hand buffered jobs to idle children: one each, or chunks of short jobs. Once stopping,
@@ -342,10 +364,18 @@ class Supervisor:
         objects.append(self.writer.wakeup)  # a commit finished: the next _step collects it
         if self.listener is not None and not self.stopping and self.listener.connected():
             objects.append(self.listener)
+        if self.commits is not None and self._has_room() and self.commits.watching():
+            objects.append(self.commits)
         for ready in wait(objects, self._sleep(busy)):
             if isinstance(ready, Listener):
                 if ready.drain() & {"*", *self.settings.queues}:
                     self.timers.notified = True
+                continue
+            if isinstance(ready, CommitWatch):
+                ready.drain()
+                # Something is being committed: look for due jobs now, and until it lands.
+                self.timers.poll = 0.0
+                self.timers.landing_until = time.monotonic() + COMMIT_LANDING
                 continue
             for child in list(self.children):
                 if ready is child.conn:
@@ -364,7 +394,7 @@ class Supervisor:
             return max(0.0, min(wake) - now)
         if self.pending.completions:
             wake.append(self.timers.flush_by)
-        if not self.stopping and any(not c.busy for c in self.children):
+        if self._has_room():
             wake.append(self.timers.poll)
         return max(0.0, min(wake) - now)
 

@@ -112,6 +112,8 @@ class Timers:
     poll: float = 0.0
     #: On SQLite: when idle polls next ask the store even if nothing was committed.
     due: float = 0.0
+    #: On SQLite: until when a commit whose log was seen written may still be landing.
+    landing_until: float = 0.0
     heartbeat: float = 0.0
     reap: float = 0.0
     flush_by: float = 0.0

@@ -1,12 +1,19 @@
 """The SQL job store: tables, the JobStore that owns every job state change, and migrations."""
 
-from docqueue.store.engine import SqliteChanges, make_engine, watch_changes
+from docqueue.store.engine import (
+    CommitWatch,
+    SqliteChanges,
+    make_engine,
+    watch_changes,
+    watch_commits,
+)
 from docqueue.store.jobstore import JobStore
 from docqueue.store.migrate import upgrade
 from docqueue.store.reader import JobPage
 from docqueue.store.workers import WorkerRegistry
 
 __all__ = [
+    "CommitWatch",
     "JobPage",
     "JobStore",
     "SqliteChanges",
@@ -14,4 +21,5 @@ __all__ = [
     "make_engine",
     "upgrade",
     "watch_changes",
+    "watch_commits",
 ]

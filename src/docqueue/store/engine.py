@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -190,6 +193,114 @@ def watch_changes(engine: Engine) -> Iterator[SqliteChanges | None]:
     finally:
         if changes is not None:
             changes.close()
+
+
+#: How long a commit may take to become visible after its log was written: the log is synced,
+#: then the commit is published in the shared-memory index, which inotify does not see.
+COMMIT_LANDING = 0.15
+#: Seconds between two looks while a commit lands.
+LANDING_STEP = 0.002
+
+
+class CommitWatch:
+    """Wakes a waiter when anything is committed to a SQLite file, by any process.
+
+    Commits to a database in WAL mode are writes to its `-wal` file, which inotify (Linux)
+    reports at once. An idle worker and the API's readers wait on this instead of polling the
+    store 40-50 times a second: they start a job or answer a waiter the moment its commit lands,
+    and cost nothing meanwhile. The write comes a little before the commit can be read (its
+    log is synced, then published in the `-shm` index), so after a wake the waiter looks again
+    every LANDING_STEP until `SqliteChanges` sees it, for COMMIT_LANDING at most (`landed`).
+    `wake()` ends a wait from another thread. Where inotify is not there (not Linux) `of`
+    gives None, and waiters poll as before.
+    """
+
+    def __init__(self, database: str) -> None:
+        from inotify_simple import INotify, flags
+
+        self._log = f"{database}-wal"
+        self._gone = flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF
+        self._mask = flags.MODIFY | flags.DELETE_SELF | flags.MOVE_SELF
+        self._inotify = INotify(nonblocking=True)
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._watching = False
+        self._watch()
+
+    @classmethod
+    def of(cls, engine: Engine) -> CommitWatch | None:
+        """A watch on the engine's SQLite file; None on PostgreSQL (it has LISTEN), for an
+        in-memory database, or where inotify is not available."""
+        database = engine.url.database
+        if engine.dialect.name != "sqlite" or not sys.platform.startswith("linux"):
+            return None
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        try:
+            return cls(str(Path(database).resolve()))
+        except (ImportError, OSError):
+            return None
+
+    def fileno(self) -> int:
+        """The descriptor that is readable once something was committed."""
+        return int(self._inotify.fileno())
+
+    def watching(self) -> bool:
+        """True when commits will wake a wait on `fileno()`. The log file is made by the first
+        connection that reads the database: until then nothing can be watched (and a waiter
+        polls); each call tries again."""
+        return self._watch()
+
+    def wait(self, timeout: float) -> bool:
+        """Until a commit, a `wake()`, or `timeout` seconds; True when woken before the timeout.
+        Commits made before the call and not yet drained end it at once."""
+        if not self._watch():  # no log file yet: nothing to watch but the clock and wake()
+            ready, _, _ = select.select([self._wake_read], [], [], min(timeout, 0.1))
+        else:
+            ready, _, _ = select.select([self.fileno(), self._wake_read], [], [], timeout)
+        self.drain()
+        return bool(ready)
+
+    def drain(self) -> None:
+        """Forget the commits and wake-ups seen so far."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_read, 512):
+                pass
+        for change in self._inotify.read(timeout=0):
+            if change.mask & self._gone:  # the log was removed: watch the next one
+                self._watching = False
+
+    def wake(self) -> None:
+        """End a wait now (from any thread)."""
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self._wake_write, b"!")
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._inotify.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _watch(self) -> bool:
+        """Watch the log file if it is not watched yet; False while it does not exist."""
+        if not self._watching:
+            try:
+                self._inotify.add_watch(self._log, self._mask)
+                self._watching = True
+            except OSError:  # not made yet: the first connection in WAL mode makes it
+                pass
+        return self._watching
+
+
+@contextmanager
+def watch_commits(engine: Engine) -> Iterator[CommitWatch | None]:
+    """A `CommitWatch` on the engine's file for the length of the block (None where there is
+    none: then waiters poll)."""
+    commits = CommitWatch.of(engine)
+    try:
+        yield commits
+    finally:
+        if commits is not None:
+            commits.close()
 
 
 class Listener:
