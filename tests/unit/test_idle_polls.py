@@ -8,13 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import event
 
 from docqueue.api.longpoll import EventFeed, FinishWatch
 from docqueue.dispatch.local import Supervisor
-from docqueue.models import Completion, Job, JobEvent, JobState, NewJob, Succeeded
+from docqueue.models import Completion, Job, JobEvent, JobState, NewJob, Succeeded, utcnow
 from docqueue.store import CommitWatch, JobStore, upgrade
 from docqueue.store.engine import SqliteChanges, make_engine
 from tests.conftest import quick_settings
@@ -262,3 +263,25 @@ def test_a_long_poll_is_answered_by_the_commit_that_finishes_its_job(store: JobS
         return
     assert answer == [JobState.SUCCEEDED], "the finishing commit did not wake the reader"
     assert len(reads) >= 1
+
+
+def test_an_idle_worker_wakes_when_a_scheduled_job_comes_due(
+    database_url: str, tmp_path: Path
+) -> None:
+    """With nothing due, the worker asks when the next waiting job may run and polls then, not
+    at a fixed interval: a job scheduled half a second ahead is found once it is due."""
+    supervisor = Supervisor(quick_settings(database_url, tmp_path))
+    other = JobStore.from_url(database_url)
+    try:
+        run_at = utcnow() + timedelta(seconds=0.5)
+        other.enqueue(NewJob("noop", run_at=run_at))
+        supervisor.timers.poll = 0.0
+        assert not supervisor._claim_due()
+        wake_in = supervisor.timers.poll - time.monotonic()
+        assert 0.2 < wake_in <= 0.5, f"the next poll is at the job's run_at, not in {wake_in:.3f}s"
+        time.sleep(max(0.0, (run_at - utcnow()).total_seconds()) + 0.05)
+        supervisor.timers.poll = 0.0
+        assert supervisor._claim_due(), "the scheduled job is due"
+    finally:
+        supervisor.close()
+        other.engine.dispose()

@@ -22,7 +22,7 @@ from docqueue.dispatch.housekeeping import Housekeeping
 from docqueue.dispatch.pool import ChildHandle, Pending, Timers
 from docqueue.dispatch.writer import StoreWriter
 from docqueue.heap import startup_objects_frozen
-from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome
+from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome, utcnow
 from docqueue.processors import Registry, builtin_registry
 from docqueue.settings import Settings
 from docqueue.storage import Storage
@@ -41,9 +41,13 @@ CANCEL_GRACE = 5.0
 #: Seconds between idle polls on PostgreSQL, where NOTIFY wakes workers and polls are a fallback.
 NOTIFY_FALLBACK_POLL = 1.0
 #: On SQLite, idle polls ask the store only when something was committed since the last one, or
-#: when this many seconds have passed: a job scheduled for later (`run_at`, a retry's backoff)
-#: comes due without a commit, and starts at most this late.
+#: when a job scheduled for later (`run_at`, a retry's backoff) comes due, which needs no commit.
+#: When a poll found work, the next asks again after this many seconds at the latest.
 DUE_RECHECK = 0.2
+#: Longest an idle worker trusts that no scheduled job comes due (clocks can be changed).
+DUE_HORIZON = 60.0
+#: Seconds between polls of an idle worker that commits wake (SQLite's watch): a safety net.
+WATCHED_POLL = 1.0
 #: Seconds a finished job's outcome may wait to share a commit with others (group commit).
 GROUP_COMMIT_WINDOW = 0.02
 #: Most short jobs handed to a child in one message.
@@ -299,11 +303,23 @@ class Supervisor:
         if self.changes is not None and not self.changes.changed() and now < self.timers.due:
             found = False
         else:
-            self.timers.due = now + DUE_RECHECK
             found = self.store.has_due(self.settings.queues)
-        if not found and now < self.timers.landing_until:  # a commit seen written may land now
-            self.timers.poll = now + LANDING_STEP
+            self.timers.due = now + (DUE_RECHECK if found else self._until_due())
+        if not found:
+            # Wake when the next scheduled job comes due; sooner if a commit seen written
+            # may land now (SQLite's watch).
+            self.timers.poll = min(self.timers.poll, self.timers.due)
+            if now < self.timers.landing_until:
+                self.timers.poll = now + LANDING_STEP
         return found
+
+    def _until_due(self) -> float:
+        """Seconds until the first waiting job comes due by the clock (its run_at: a scheduled
+        job, a retry's backoff), at most DUE_HORIZON; a new job wakes the worker anyway."""
+        due = self.store.next_due(self.settings.queues)
+        if due is None:
+            return DUE_HORIZON
+        return min(max((due - utcnow()).total_seconds(), 0.0), DUE_HORIZON)
 
     def _flush_due(self) -> bool:
         """True when gathered outcomes should be written now rather than with the next claim."""
@@ -327,7 +343,7 @@ class Supervisor:
         if self.listener is not None:
             return max(self.settings.poll_interval, NOTIFY_FALLBACK_POLL)
         if self.commits is not None and self.commits.watching():
-            return max(self.settings.poll_interval, DUE_RECHECK)
+            return max(self.settings.poll_interval, WATCHED_POLL)
         return self.settings.poll_interval
 
     def _has_room(self) -> bool:

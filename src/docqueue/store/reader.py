@@ -197,6 +197,14 @@ class JobReader:
         with read_transaction(self.engine) as conn:
             return conn.execute(query.limit(1)).first() is not None
 
+    def next_due(self, queues: Sequence[str]) -> datetime | None:
+        """When the first waiting job of `queues` may run (its run_at); None when none waits.
+        An idle worker asks once nothing is due, to wake when a scheduled job comes due."""
+        query = select(func.min(jobs.c.run_at)).where(status_in(*WAITING), jobs.c.queue.in_(queues))
+        with read_transaction(self.engine) as conn:
+            due: datetime | None = conn.execute(query).scalar()
+        return due
+
     def position(self, job: Job, *, most: int = POSITION_LIMIT) -> int | None:
         """How many waiting jobs of its queue will be claimed before `job`, counted up to `most`.
 
