@@ -77,6 +77,11 @@ class Storage:
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url.rstrip("/")
+        # Listings are never cached: whether bytes are stored must be asked of the storage
+        # itself each time (another process may have stored or removed them since).
+        options.setdefault("use_listings_cache", False)
+        #: What the filesystem was made with (a second Storage on the same place takes them).
+        self.options = {k: v for k, v in options.items() if k != "skip_instance_cache"}
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         self.root = self.root.rstrip("/")
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
@@ -208,9 +213,23 @@ class Storage:
         return bool(self.fs.exists(self.key(sha256)))
 
     def missing(self, sha256s: Collection[str]) -> set[str]:
-        """Which of `sha256s` are not stored (a commit asks, holding the store's write lock)."""
-        exists = os.path.isfile if self.local else self.fs.exists
-        return {sha256 for sha256 in sha256s if not exists(self.key(sha256))}
+        """Which of `sha256s` are not stored (a commit asks, holding the store's write lock).
+        Storage that cannot answer raises (OSError and the like): an error is not an absence."""
+        return {sha256 for sha256 in sha256s if self._absent(self.key(sha256))}
+
+    def _absent(self, key: str) -> bool:
+        """True when nothing is stored under `key`."""
+        if not self.local:
+            try:
+                self.fs.info(key)
+            except FileNotFoundError:
+                return True
+            return False
+        try:
+            os.stat(key)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        return False
 
     def stored(self, prefix: str) -> Iterator[tuple[str, float | None]]:
         """The addresses stored under a two-hex-digit `prefix` ("00" to "ff"), each with the

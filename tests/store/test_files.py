@@ -74,8 +74,9 @@ def test_a_success_naming_bytes_a_delete_removed_runs_again(
     files_store: JobStore, storage: Storage
 ) -> None:
     """Job B's output is the bytes job A already stored, so B keeps no copy; A is deleted
-    before B records its success. B must not succeed naming bytes that are gone: it is
-    scheduled to run again, and its next attempt stores the output anew."""
+    before B records its success. B must not succeed naming bytes that are gone: it is queued
+    to run again, without the attempt counting (it did not fail), and its next run stores the
+    output anew."""
     first = output(storage)
     a_job = finished_with(files_store, first)
     b_job, _ = files_store.enqueue(NewJob("noop"))
@@ -86,13 +87,15 @@ def test_a_success_naming_bytes_a_delete_removed_runs_again(
     assert not storage.exists(first.sha256)
 
     done = Completion(b_job.id, b_claim.attempt, Succeeded({}, (b_output,)))
-    assert files_store.complete([done]) == [JobState.SCHEDULED]
+    assert files_store.complete([done]) == [JobState.QUEUED]
     error = files_store.get(b_job.id).error
     assert error is not None and error["type"] == "OutputRemoved"
     assert "'out.txt'" in error["message"]
     assert files_store.artifacts(b_job.id) == []
+    assert files_store.events(b_job.id)[-1].type == "released"
 
     (again,) = files_store.claim("w", ["default"], 1, lease_seconds=30)
+    assert again.attempt == b_claim.attempt, "the run whose output was removed did not count"
     redone = Completion(b_job.id, again.attempt, Succeeded({}, (output(storage),)))
     assert files_store.complete([redone]) == [JobState.SUCCEEDED]
     assert storage.exists(first.sha256)
@@ -119,7 +122,8 @@ def test_a_removal_waits_for_a_commit_naming_the_bytes(
     files_store: JobStore, storage: Storage
 ) -> None:
     """The lock itself: while a transaction that names the bytes is open, a removal of them
-    waits; once it commits, the removal finds them named and keeps them."""
+    waits; once it commits, the removal finds them named and keeps them. (On PostgreSQL this
+    is the advisory lock on the file; on SQLite, the database's one write lock.)"""
     shared = output(storage)
     job, _ = files_store.enqueue(NewJob("noop"))
     naming = threading.Event()

@@ -136,6 +136,23 @@ def test_stored_addresses_are_listed_by_folder_with_their_time(storage: Storage)
         list(storage.stored("../"))
 
 
+def test_what_is_stored_is_asked_of_storage_every_time(storage: Storage) -> None:
+    """After a listing, another process stores new bytes and removes old ones: `missing` and
+    `exists` tell what storage holds now, not what the listing saw (a cached listing would make
+    a fresh output look removed, and removed bytes look stored)."""
+    old = storage.put_bytes(b"stored before the listing, removed after it")
+    new_bytes = b"stored after the listing" + old.sha256[:2].encode()
+    new_sha = hashlib.sha256(new_bytes).hexdigest()
+    for prefix in {old.sha256[:2], new_sha[:2]}:
+        list(storage.stored(prefix))
+        assert storage.missing({new_sha}) == {new_sha}
+    other = Storage(storage.url, **storage.options, skip_instance_cache=True)
+    assert other.put_bytes(new_bytes).sha256 == new_sha
+    assert other.delete(old.sha256)
+    assert storage.missing({old.sha256, new_sha}) == {old.sha256}
+    assert storage.exists(new_sha) and not storage.exists(old.sha256)
+
+
 def test_delete_forgets_the_bytes(storage: Storage) -> None:
     blob = storage.put_bytes(b"short-lived")
     assert storage.delete(blob.sha256) is True

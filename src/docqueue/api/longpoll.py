@@ -46,8 +46,11 @@ class _Reader(Generic[Wanted]):
     nobody waits) and read it (`_read`).
     """
 
-    #: Least seconds between two reads of the store while anybody waits.
+    #: Least seconds between two reads of the store while anybody waits, where commits wake
+    #: the reader (SQLite's watch).
     INTERVAL: float
+    #: Seconds between two reads where nothing wakes it (PostgreSQL): it polls.
+    POLL: float
     #: Longest wait for a commit before a round looks anyway (a commit is seen by its watch at
     #: once; this only bounds a wait the watch could not end, for a log file made meanwhile).
     IDLE = 1.0
@@ -81,11 +84,11 @@ class _Reader(Generic[Wanted]):
                 self._commits = commits
             last_read = landing_until = 0.0
             while True:
-                time.sleep(max(0.0, last_read + self.INTERVAL - time.monotonic()))
+                gap = self.INTERVAL if commits is not None else self.POLL
+                time.sleep(max(0.0, last_read + gap - time.monotonic()))
                 if commits is not None and not self._fresh:
-                    if time.monotonic() < landing_until:  # a commit seen written may land now
-                        commits.wait(LANDING_STEP)
-                    elif commits.wait(self.IDLE):
+                    landing = time.monotonic() < landing_until  # a commit seen may land now
+                    if commits.wait(LANDING_STEP if landing else self.IDLE):
                         landing_until = time.monotonic() + COMMIT_LANDING
                 with self._lock:
                     wanted = self._wanted()
@@ -118,6 +121,7 @@ class FinishWatch(_Reader[list[UUID]]):
     """Waits for jobs to finish, for any number of threads at once, with one query per round."""
 
     INTERVAL = 0.01
+    POLL = 0.025
     NAME = "long-poll"
 
     def __init__(self, store: JobStore) -> None:
@@ -176,6 +180,7 @@ class EventFeed(_Reader[dict[UUID, int]]):
     """
 
     INTERVAL = 0.05
+    POLL = 0.25
     NAME = "events"
 
     def __init__(self, store: JobStore) -> None:

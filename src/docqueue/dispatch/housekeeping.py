@@ -26,10 +26,19 @@ ORPHAN_SWEEP_INTERVAL = 60.0
 class Housekeeping:
     """Does each periodic duty when it is due; a failure is logged and tried again next time."""
 
-    def __init__(self, store: JobStore, storage: Storage, retention_days: float | None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        storage: Storage,
+        retention_days: float | None,
+        longest_job: float = 0.0,
+    ) -> None:
         self.store = store
         self.storage = storage
         self.retention_days = retention_days
+        #: Files no job names are kept this long: a day, or twice the longest job's timeout,
+        #: so that a job whose output was stored early is done before the sweep could take it.
+        self.unnamed_age = max(ORPHAN_AGE, 2 * longest_job)
         self.next_prune = 0.0
         self.next_sweep = 0.0
         #: The folder of addresses ("00" to "ff") swept next; workers start at random ones.
@@ -44,7 +53,7 @@ class Housekeeping:
                 self.prune(timedelta(days=self.retention_days))
         if now >= self.next_sweep:
             self.next_sweep = now + ORPHAN_SWEEP_INTERVAL
-            self.sweep_unnamed(f"{self.folder:02x}")
+            self.sweep_unnamed(f"{self.folder:02x}", age=self.unnamed_age)
             self.folder = (self.folder + 1) % 256
 
     def prune(self, older_than: timedelta) -> None:

@@ -77,7 +77,13 @@ class Supervisor:
         self.buffer: deque[Task] = deque()
         self.pending = Pending()
         self.timers = Timers()
-        self.housekeeping = Housekeeping(self.store, self.storage, settings.retention_days)
+        timeouts = [p.timeout or 0.0 for p in self.registry.processors.values()]
+        self.housekeeping = Housekeeping(
+            self.store,
+            self.storage,
+            settings.retention_days,
+            longest_job=max([settings.job_timeout, *timeouts]),
+        )
         self.stopping = False
         self.store_failures = 0
         #: Moving average of job run time, which decides how far to claim ahead and in chunks.
@@ -263,7 +269,8 @@ class Supervisor:
                 )
         if written.wanted:
             self.timers.last_claim_full = len(written.jobs) == written.wanted
-            self.timers.poll = time.monotonic() + self._idle_poll()
+            # Not later than it was: a commit seen while this one travelled wants a look now.
+            self.timers.poll = min(self.timers.poll, time.monotonic() + self._idle_poll())
             self.buffer.extend((job, written.inputs.get(job.id, [])) for job in written.jobs)
 
     def _short_jobs(self) -> bool:

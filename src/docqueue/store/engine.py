@@ -197,7 +197,7 @@ def watch_changes(engine: Engine) -> Iterator[SqliteChanges | None]:
 
 #: How long a commit may take to become visible after its log was written: the log is synced,
 #: then the commit is published in the shared-memory index, which inotify does not see.
-COMMIT_LANDING = 0.15
+COMMIT_LANDING = 0.25
 #: Seconds between two looks while a commit lands.
 LANDING_STEP = 0.002
 

@@ -81,20 +81,12 @@ def _artifacts(completion: Completion) -> tuple[Artifact, ...]:
     return completion.outcome.artifacts
 
 
-def _without_lost_outputs(completion: Completion, gone: set[str]) -> Completion:
-    """The completion, or a retryable failure if it names one of the removed files `gone`."""
+def _lost_outputs(completion: Completion, gone: set[str]) -> list[str]:
+    """The names of the outputs of a successful completion that are among the removed `gone`."""
     outcome = completion.outcome
     if not isinstance(outcome, Succeeded):
-        return completion
-    lost = [a.name for a in outcome.artifacts if a.sha256 in gone]
-    if not lost:
-        return completion
-    error = ErrorInfo(
-        "OutputRemoved",
-        f"output {lost[0]!r} was removed from storage before the job could record it (a job "
-        "with the same bytes was deleted meanwhile); the job runs again to make it anew",
-    )
-    return Completion(completion.job_id, completion.attempt, Failed(error))
+        return []
+    return [a.name for a in outcome.artifacts if a.sha256 in gone]
 
 
 class JobStore(JobRequests):
@@ -320,33 +312,50 @@ class JobStore(JobRequests):
         self, conn: Connection, completions: Sequence[Completion], now: datetime
     ) -> list[JobState | None]:
         """Successes in three statements for the whole batch; other outcomes one by one."""
-        completions = self._check_outputs(conn, completions)
         done: dict[Held, JobState | None] = {}
-        wins = [c for c in completions if isinstance(c.outcome, Succeeded)]
+        recordable = []
+        for c, lost in self._check_outputs(conn, completions):
+            if lost:
+                done[(c.job_id, c.attempt)] = self._run_again(conn, c, lost, now)
+            else:
+                recordable.append(c)
+        wins = [c for c in recordable if isinstance(c.outcome, Succeeded)]
         if wins:
             ours = self._succeed(conn, wins, now)
             for c in ours:
                 add_artifacts(conn, c.job_id, _artifacts(c), now)
             done.update({(c.job_id, c.attempt): None for c in wins})
             done.update({(c.job_id, c.attempt): JobState.SUCCEEDED for c in ours})
-        for c in completions:
+        for c in recordable:
             if not isinstance(c.outcome, Succeeded):
                 done[(c.job_id, c.attempt)] = self._complete_one(conn, c, now)
         return [done[(c.job_id, c.attempt)] for c in completions]
 
     def _check_outputs(
         self, conn: Connection, completions: Sequence[Completion]
-    ) -> Sequence[Completion]:
-        """The completions, with a success whose outputs were removed meanwhile (another job
-        with the same bytes deleted, see files.py) turned into a failure to retry: its outputs
-        are made again by the next attempt. The rest stay stored until this commit names them."""
+    ) -> list[tuple[Completion, list[str]]]:
+        """Each completion with the names of its outputs that were removed from storage
+        meanwhile (another job with the same bytes deleted, see files.py); the outputs that
+        are there stay stored until this commit names them."""
         outputs = {
             a.sha256 for c in completions if isinstance(c.outcome, Succeeded) for a in _artifacts(c)
         }
         gone = gone_from(conn, self.files, outputs)
-        if not gone:
-            return completions
-        return [_without_lost_outputs(c, gone) for c in completions]
+        return [(c, _lost_outputs(c, gone) if gone else []) for c in completions]
+
+    def _run_again(
+        self, conn: Connection, c: Completion, lost: list[str], now: datetime
+    ) -> JobState | None:
+        """A success whose outputs are gone: back to the queue, the attempt not counted (the
+        job did not fail), so that the next run makes them anew."""
+        message = (
+            f"output {lost[0]!r} was removed from storage before the job could record it (a "
+            "job with the same bytes was deleted meanwhile); the job runs again to make it anew"
+        )
+        error = ErrorInfo("OutputRemoved", message).as_json()
+        if not self._give_back(conn, c.job_id, c.attempt, now, error=error):
+            return None
+        return JobState.QUEUED
 
     def _succeed(
         self, conn: Connection, wins: Sequence[Completion], now: datetime
@@ -437,22 +446,37 @@ class JobStore(JobRequests):
     def release(self, held: Iterable[Held], *, now: datetime | None = None) -> int:
         """Give running jobs back to the queue without counting the attempt (graceful stop)."""
         now = now or utcnow()
-        released = 0
         with write_transaction(self.engine) as conn:
-            for job_id, attempt in held:
-                changed = conn.execute(
-                    self._running(job_id, attempt).values(
-                        status=QUEUED,
-                        attempt=attempt - 1,
-                        worker_id=None,
-                        lease_expires_at=None,
-                        started_at=None,
-                    )
-                ).rowcount
-                if changed:
-                    released += 1
-                    add_event(conn, job_id, "released", now, {"attempt": attempt})
-        return released
+            return sum(self._give_back(conn, job_id, attempt, now) for job_id, attempt in held)
+
+    def _give_back(
+        self,
+        conn: Connection,
+        job_id: UUID,
+        attempt: int,
+        now: datetime,
+        error: JSON | None = None,
+    ) -> bool:
+        """Queue a running attempt's job again without counting the attempt; False when the
+        attempt no longer holds it. `error` says why, on the job and its `released` event."""
+        values: JSON = {"error": error} if error is not None else {}
+        changed = conn.execute(
+            self._running(job_id, attempt).values(
+                status=QUEUED,
+                attempt=attempt - 1,
+                worker_id=None,
+                lease_expires_at=None,
+                started_at=None,
+                **values,
+            )
+        ).rowcount
+        if not changed:
+            return False
+        data: JSON = {"attempt": attempt}
+        if error is not None:
+            data["error"] = {"type": error["type"], "message": error["message"]}
+        add_event(conn, job_id, "released", now, data)
+        return True
 
     def reap_expired(self, *, now: datetime | None = None, limit: int = 500) -> int:
         """Take back jobs whose worker stopped renewing the lease; each costs one attempt."""
