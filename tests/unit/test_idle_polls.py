@@ -66,8 +66,8 @@ def test_an_idle_worker_asks_the_store_after_a_commit_or_when_a_scheduled_job_ma
     queries = statements(supervisor.store, "run_at <=")
 
     def poll() -> bool:
-        supervisor.timers.poll = 0.0  # the poll interval has passed
-        return supervisor._claim_due()
+        supervisor.lookout.next_look = 0.0  # the poll interval has passed
+        return supervisor.lookout.look()
 
     sqlite = not database_url.startswith("postgresql")
     try:
@@ -84,7 +84,7 @@ def test_an_idle_worker_asks_the_store_after_a_commit_or_when_a_scheduled_job_ma
         assert len(queries) == before + 1, "a commit: the poll asks"
         assert not poll()
         assert len(queries) == before + (1 if sqlite else 2)
-        supervisor.timers.due = 0.0  # the recheck for jobs that come due by the clock
+        supervisor.lookout.due = 0.0  # the recheck for jobs that come due by the clock
         assert not poll()
         assert len(queries) == before + (2 if sqlite else 3)
     finally:
@@ -219,12 +219,12 @@ def test_an_idle_worker_is_woken_by_a_commit_instead_of_its_poll(
     other = JobStore.from_url(database_url)
     try:
         if database_url.startswith("postgresql"):
-            assert supervisor.commits is None
+            assert supervisor.lookout.commits is None
             return
         supervisor.children = [supervisor._spawn()]  # one idle child: room for work
-        supervisor._claim_due()
-        timers = supervisor.timers
-        timers.poll = timers.due = timers.heartbeat = timers.reap = time.monotonic() + 60
+        lookout, timers = supervisor.lookout, supervisor.timers
+        lookout.look()
+        lookout.next_look = lookout.due = timers.heartbeat = timers.reap = time.monotonic() + 60
         waiting = threading.Thread(target=supervisor._wait, args=([],))
         waiting.start()
         time.sleep(0.1)
@@ -232,9 +232,9 @@ def test_an_idle_worker_is_woken_by_a_commit_instead_of_its_poll(
         other.enqueue(NewJob("noop"))
         waiting.join(30)
         assert not waiting.is_alive(), "the commit did not end the wait"
-        assert timers.poll == 0.0, "woken by the commit: it polls now"
+        assert lookout.next_look == 0.0, "woken by the commit: it looks now"
         deadline = time.monotonic() + 30
-        while not supervisor._claim_due():
+        while not lookout.look():
             assert time.monotonic() < deadline, "the woken worker did not find the job"
             time.sleep(0.001)
     finally:
@@ -277,13 +277,13 @@ def test_an_idle_worker_wakes_when_a_scheduled_job_comes_due(
     try:
         run_at = utcnow() + timedelta(seconds=0.5)
         other.enqueue(NewJob("noop", run_at=run_at))
-        supervisor.timers.poll = 0.0
-        assert not supervisor._claim_due()
-        wake_in = supervisor.timers.poll - time.monotonic()
+        supervisor.lookout.next_look = 0.0
+        assert not supervisor.lookout.look()
+        wake_in = supervisor.lookout.next_look - time.monotonic()
         assert 0.2 < wake_in <= 0.5, f"the next poll is at the job's run_at, not in {wake_in:.3f}s"
         time.sleep(max(0.0, (run_at - utcnow()).total_seconds()) + 0.05)
-        supervisor.timers.poll = 0.0
-        assert supervisor._claim_due(), "the scheduled job is due"
+        supervisor.lookout.next_look = 0.0
+        assert supervisor.lookout.look(), "the scheduled job is due"
     finally:
         supervisor.close()
         other.engine.dispose()

@@ -19,35 +19,19 @@ from sqlalchemy.exc import DBAPIError
 
 from docqueue.dispatch.child import Task
 from docqueue.dispatch.housekeeping import Housekeeping
+from docqueue.dispatch.lookout import Lookout
 from docqueue.dispatch.pool import ChildHandle, Pending, Timers
 from docqueue.dispatch.writer import StoreWriter
 from docqueue.heap import startup_objects_frozen
-from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome, utcnow
+from docqueue.models import Completion, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import Registry, builtin_registry
 from docqueue.settings import Settings
 from docqueue.storage import Storage
 from docqueue.store import JobStore, WorkerRegistry
-from docqueue.store.engine import (
-    COMMIT_LANDING,
-    LANDING_STEP,
-    CommitWatch,
-    Listener,
-    SqliteChanges,
-)
 
 log = logging.getLogger("docqueue.worker")
 #: Seconds a child gets to stop on its own after its job was cancelled, before it is killed.
 CANCEL_GRACE = 5.0
-#: Seconds between idle polls on PostgreSQL, where NOTIFY wakes workers and polls are a fallback.
-NOTIFY_FALLBACK_POLL = 1.0
-#: On SQLite, idle polls ask the store only when something was committed since the last one, or
-#: when a job scheduled for later (`run_at`, a retry's backoff) comes due, which needs no commit.
-#: When a poll found work, the next asks again after this many seconds at the latest.
-DUE_RECHECK = 0.2
-#: Longest an idle worker trusts that no scheduled job comes due (clocks can be changed).
-DUE_HORIZON = 60.0
-#: Seconds between polls of an idle worker that commits wake (SQLite's watch): a safety net.
-WATCHED_POLL = 1.0
 #: Seconds a finished job's outcome may wait to share a commit with others (group commit).
 GROUP_COMMIT_WINDOW = 0.02
 #: Most short jobs handed to a child in one message.
@@ -91,10 +75,7 @@ class Supervisor:
         self.average_run = 2 * max(
             settings.concurrency * settings.prefetch_seconds, settings.short_job_seconds
         )
-        self.listener = Listener(self.store.engine) if self.store.is_postgres else None
-        self.changes = SqliteChanges.of(self.store.engine)
-        #: On SQLite, wakes an idle supervisor when anything is committed (a job queued, say).
-        self.commits = CommitWatch.of(self.store.engine)
+        self.lookout = Lookout(self.store, settings)
         #: Most jobs claimed ahead, however short they are.
         self.prefetch: int = (
             settings.prefetch
@@ -128,12 +109,7 @@ class Supervisor:
         """Release what the supervisor holds open: the writer's thread and the connections to
         the store. `run` ends with this; the owner of a supervisor that never ran calls it."""
         self.writer.close()
-        if self.listener is not None:
-            self.listener.close()
-        if self.changes is not None:
-            self.changes.close()
-        if self.commits is not None:
-            self.commits.close()
+        self.lookout.close()
         self.store.engine.dispose()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
@@ -186,7 +162,7 @@ class Supervisor:
 
     def _drained(self) -> bool:
         """True when nothing is buffered and the store has no due job for this worker."""
-        if self.buffer or self.timers.last_claim_full or self.pending.completions:
+        if self.buffer or self.lookout.urgent or self.pending.completions:
             return False
         if self.writer.busy:
             return False
@@ -243,7 +219,7 @@ class Supervisor:
         if self.writer.busy:
             return
         want = 0 if self.stopping else self._want()
-        if want and not self.pending.completions and not self._claim_due():
+        if want and not self.pending.completions and not self.lookout.look():
             want = 0
         if not want and not self._flush_due():
             return
@@ -268,9 +244,7 @@ class Supervisor:
                     "job %s no longer held by this attempt; outcome dropped", completion.job_id
                 )
         if written.wanted:
-            self.timers.last_claim_full = len(written.jobs) == written.wanted
-            # Not later than it was: a commit seen while this one travelled wants a look now.
-            self.timers.poll = min(self.timers.poll, time.monotonic() + self._idle_poll())
+            self.lookout.claimed(len(written.jobs), written.wanted)
             self.buffer.extend((job, written.inputs.get(job.id, [])) for job in written.jobs)
 
     def _short_jobs(self) -> bool:
@@ -296,38 +270,6 @@ class Supervisor:
         """How many jobs of the average run time fit in `seconds` of work."""
         return int(seconds / max(self.average_run, 1e-4))
 
-    def _claim_due(self) -> bool:
-        """True when a claim may find work: right after a full claim, or a due poll that finds some."""
-        if self.timers.last_claim_full or self.timers.notified:
-            self.timers.notified = False
-            return True
-        now = time.monotonic()
-        if now < self.timers.poll:
-            return False
-        self.timers.poll = now + self._idle_poll()
-        # Nothing committed since the last look (read before the query, so that a commit
-        # during it is seen next time) and nothing scheduled can have come due yet.
-        if self.changes is not None and not self.changes.changed() and now < self.timers.due:
-            found = False
-        else:
-            found = self.store.has_due(self.settings.queues)
-            self.timers.due = now + (DUE_RECHECK if found else self._until_due())
-        if not found:
-            # Wake when the next scheduled job comes due; sooner if a commit seen written
-            # may land now (SQLite's watch).
-            self.timers.poll = min(self.timers.poll, self.timers.due)
-            if now < self.timers.landing_until:
-                self.timers.poll = now + LANDING_STEP
-        return found
-
-    def _until_due(self) -> float:
-        """Seconds until the first waiting job comes due by the clock (its run_at: a scheduled
-        job, a retry's backoff), at most DUE_HORIZON; a new job wakes the worker anyway."""
-        due = self.store.next_due(self.settings.queues)
-        if due is None:
-            return DUE_HORIZON
-        return min(max((due - utcnow()).total_seconds(), 0.0), DUE_HORIZON)
-
     def _flush_due(self) -> bool:
         """True when gathered outcomes should be written now rather than with the next claim."""
         if not self.pending.completions:
@@ -342,16 +284,6 @@ class Supervisor:
         """True when the operation's processor reads input files."""
         processor = self.registry.processors.get(operation)
         return processor is None or processor.takes_file
-
-    def _idle_poll(self) -> float:
-        """Seconds between polls while there is room for work: a commit or a notification ends
-        the wait at once where the store can tell (then polls only find jobs that came due by
-        the clock, or a missed notification)."""
-        if self.listener is not None:
-            return max(self.settings.poll_interval, NOTIFY_FALLBACK_POLL)
-        if self.commits is not None and self.commits.watching():
-            return max(self.settings.poll_interval, WATCHED_POLL)
-        return self.settings.poll_interval
 
     def _has_room(self) -> bool:
         """True when a child could take a job now."""
@@ -385,20 +317,10 @@ class Supervisor:
         """Sleep until a child reports, a child dies, a job is queued, or a timer is due."""
         objects: list[Any] = [c.conn for c in busy] + [c.process.sentinel for c in self.children]
         objects.append(self.writer.wakeup)  # a commit finished: the next _step collects it
-        if self.listener is not None and not self.stopping and self.listener.connected():
-            objects.append(self.listener)
-        if self.commits is not None and self._has_room() and self.commits.watching():
-            objects.append(self.commits)
+        if not self.stopping:
+            objects += self.lookout.sources(self._has_room())
         for ready in wait(objects, self._sleep(busy)):
-            if isinstance(ready, Listener):
-                if ready.drain() & {"*", *self.settings.queues}:
-                    self.timers.notified = True
-                continue
-            if isinstance(ready, CommitWatch):
-                ready.drain()
-                # Something is being committed: look for due jobs now, and until it lands.
-                self.timers.poll = 0.0
-                self.timers.landing_until = time.monotonic() + COMMIT_LANDING
+            if self.lookout.heard(ready):
                 continue
             for child in list(self.children):
                 if ready is child.conn:
@@ -418,7 +340,7 @@ class Supervisor:
         if self.pending.completions:
             wake.append(self.timers.flush_by)
         if self._has_room():
-            wake.append(self.timers.poll)
+            wake.append(self.lookout.next_look)
         return max(0.0, min(wake) - now)
 
     def _receive(self, child: ChildHandle) -> None:

@@ -109,18 +109,10 @@ class ChildHandle:
 class Timers:
     """When the supervisor next does each periodic thing (monotonic seconds)."""
 
-    poll: float = 0.0
-    #: On SQLite: when idle polls next ask the store even if nothing was committed.
-    due: float = 0.0
-    #: On SQLite: until when a commit whose log was seen written may still be landing.
-    landing_until: float = 0.0
     heartbeat: float = 0.0
     reap: float = 0.0
     flush_by: float = 0.0
     stop_by: float | None = None
-    last_claim_full: bool = False
-    #: PostgreSQL said a job was queued: claim without asking the store first.
-    notified: bool = False
 
 
 @dataclass
