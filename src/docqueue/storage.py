@@ -231,6 +231,14 @@ class Storage:
             return True
         return False
 
+    def stored_at(self, sha256: str) -> float | None:
+        """When the bytes were last stored (a Unix time); None when they are not stored, or
+        storage does not tell."""
+        try:
+            return _modified(self.fs.info(self.key(sha256)))
+        except FileNotFoundError:
+            return None
+
     def stored(self, prefix: str) -> Iterator[tuple[str, float | None]]:
         """The addresses stored under a two-hex-digit `prefix` ("00" to "ff"), each with the
         time its bytes were last stored (None where storage does not tell)."""

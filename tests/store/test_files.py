@@ -183,3 +183,22 @@ def test_bytes_stored_again_count_as_fresh(storage: Storage) -> None:
     ((sha256, stored),) = list(storage.stored(blob.sha256[:2]))
     assert sha256 == blob.sha256
     assert stored is not None and stored > time.time() - 60
+
+
+def test_the_sweep_keeps_bytes_stored_again_after_it_listed_them(
+    files_store: JobStore, storage: Storage
+) -> None:
+    """The sweep lists old unused files, then removes each under its lock: one whose bytes a
+    new job stored again in between (its upload or output found them there) is fresh by then
+    and kept; one still old goes."""
+    again = output(storage, b"listed as old, then stored again by a new job")
+    still_old = output(storage, b"listed as old, still old")
+    day_ago = time.time() - 2 * 24 * 3600
+    for blob in (again, still_old):
+        os.utime(storage.key(blob.sha256), (day_ago, day_ago))
+    cutoff = time.time() - 24 * 3600
+    listed = [again.sha256, still_old.sha256]  # what the sweep's listing found old
+    output(storage, b"listed as old, then stored again by a new job")
+    assert files_store.forget_files(listed, stored_before=cutoff) == 1
+    assert storage.exists(again.sha256)
+    assert not storage.exists(still_old.sha256)

@@ -91,7 +91,7 @@ class Housekeeping:
                 for sha256, stored in self.storage.stored(folder)
                 if stored is not None and stored < cutoff
             ]
-            removed = self.store.forget_files(old) if old else 0
+            removed = self.store.forget_files(old, stored_before=cutoff) if old else 0
         except Exception as exc:
             log.warning("could not sweep unused files from %s: %s", self.storage, exc)
             return 0

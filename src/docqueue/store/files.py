@@ -47,6 +47,10 @@ class StoredFiles(Protocol):
         """Remove the bytes; False when they were not there."""
         ...
 
+    def stored_at(self, sha256: str) -> float | None:
+        """When the bytes were last stored (a Unix time); None when absent or not told."""
+        ...
+
 
 def lock_files(conn: Connection, sha256s: Collection[str], *, exclusive: bool) -> None:
     """Lock the files `sha256s` until the transaction ends: shared to name them, exclusive to

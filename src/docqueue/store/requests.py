@@ -271,9 +271,11 @@ class JobRequests(JobReader):
             if len(ids) < batch:
                 return removed
 
-    def forget_files(self, sha256s: Iterable[str]) -> int:
+    def forget_files(self, sha256s: Iterable[str], *, stored_before: float | None = None) -> int:
         """Remove the stored bytes of the files no job names any more (after a delete or a
-        prune, or of an upload whose job was not made); return how many went.
+        prune, or of an upload whose job was not made); return how many went. With
+        `stored_before` (a Unix time), only those last stored before it (the sweep of unused
+        files: bytes stored again since belong to a job about to name them).
 
         Each is checked and removed under its exclusive lock, so a job that names the same
         bytes meanwhile either keeps them or finds them gone when it commits (files.py).
@@ -287,9 +289,10 @@ class JobRequests(JobReader):
             with write_transaction(self.engine) as conn:
                 lock_files(conn, batch, exclusive=True)
                 keep = named(conn, batch)
-                gone += sum(
-                    1 for sha256 in batch if sha256 not in keep and self.files.delete(sha256)
-                )
+                for sha256 in batch:
+                    if sha256 in keep or not _stored_before(self.files, sha256, stored_before):
+                        continue
+                    gone += self.files.delete(sha256)
         return gone
 
     def _delete(self, conn: Connection, ids: list[UUID]) -> list[Artifact]:
@@ -301,6 +304,14 @@ class JobRequests(JobReader):
         conn.execute(delete(artifacts).where(artifacts.c.job_id.in_(ids)))
         conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
         return gone
+
+
+def _stored_before(files: StoredFiles, sha256: str, moment: float | None) -> bool:
+    """True when the bytes were last stored before `moment` (always without one)."""
+    if moment is None:
+        return True
+    stored = files.stored_at(sha256)
+    return stored is not None and stored < moment
 
 
 def _without_twins(
