@@ -256,7 +256,11 @@ def test_a_long_poll_is_answered_by_the_commit_that_finishes_its_job(store: JobS
     answer: list[JobState] = []
     waiter = threading.Thread(target=lambda: answer.append(watch.wait(job, 120).status))
     waiter.start()
-    time.sleep(0.2)  # the waiter's own first read is done
+    deadline = time.monotonic() + 10
+    while watch._commits is None and not store.is_postgres:  # its reader has started
+        assert time.monotonic() < deadline, "the reader made no watch"
+        time.sleep(0.01)
+    time.sleep(0.1)  # the waiter's own first read is done
     commits = watch._commits
     if store.is_postgres:  # no watch: rounds every POLL
         assert commits is None
