@@ -290,3 +290,31 @@ def test_an_idle_worker_wakes_when_a_scheduled_job_comes_due(
     finally:
         supervisor.close()
         other.engine.dispose()
+
+
+def test_news_heard_while_a_claim_runs_outlives_its_result(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A job queued while a claim is in flight (announced by NOTIFY on PostgreSQL, by the
+    commit watch on SQLite) is looked for right after that claim comes back short, not at the
+    next poll a second later."""
+    from multiprocessing.connection import wait
+
+    supervisor = Supervisor(quick_settings(database_url, tmp_path))
+    other = JobStore.from_url(database_url)
+    lookout = supervisor.lookout
+    try:
+        lookout.look()  # the first look, which also makes SQLite's log to watch
+        lookout.sources(True)  # what the supervisor waits on (the watch attaches here)
+        lookout.claiming()  # a claim starts, and reads the queue before the job below
+        other.enqueue(NewJob("noop"))
+        deadline = time.monotonic() + 10
+        heard = False
+        while not heard:
+            assert time.monotonic() < deadline, "nothing announced the job"
+            heard = any(lookout.heard(ready) for ready in wait(lookout.sources(True), 0.5))
+        lookout.claimed(0, 5)  # the claim came back short: it read the queue too early
+        assert lookout.look(), "the job announced during the claim waits for the next poll"
+    finally:
+        supervisor.close()
+        other.engine.dispose()

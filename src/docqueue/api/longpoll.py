@@ -83,13 +83,17 @@ class _Reader(Generic[Wanted]):
             with self._lock:
                 self._commits = commits
             last_read = landing_until = 0.0
+            step = LANDING_STEP
             while True:
                 gap = self.INTERVAL if commits is not None else self.POLL
                 time.sleep(max(0.0, last_read + gap - time.monotonic()))
                 if commits is not None and not self._fresh:
-                    landing = time.monotonic() < landing_until  # a commit seen may land now
-                    if commits.wait(LANDING_STEP if landing else self.IDLE):
-                        landing_until = time.monotonic() + COMMIT_LANDING
+                    # A commit seen written may land now: look again after doubling pauses.
+                    landing = time.monotonic() < landing_until
+                    if commits.wait(step if landing else self.IDLE):
+                        landing_until, step = time.monotonic() + COMMIT_LANDING, LANDING_STEP
+                    elif landing:
+                        step *= 2
                 with self._lock:
                     wanted = self._wanted()
                     fresh, self._fresh = self._fresh, False

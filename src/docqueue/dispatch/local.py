@@ -224,6 +224,8 @@ class Supervisor:
         if not want and not self._flush_due():
             return
         completions, self.pending.completions = self.pending.completions, []
+        if want:
+            self.lookout.claiming()
         self.writer.start(completions, want)
         if block:
             self._collect(block=True)
@@ -234,6 +236,7 @@ class Supervisor:
             written = self.writer.collect(block=block)
         except DBAPIError:
             self.pending.completions[:0] = self.writer.take_back()
+            self.lookout.failed()
             raise
         if written is None:
             return

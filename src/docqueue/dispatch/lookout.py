@@ -51,8 +51,10 @@ class Lookout:
         #: On SQLite: when a look asks the store even if nothing was committed (a scheduled job
         #: comes due then).
         self.due = 0.0
-        #: On SQLite: until when a commit whose log was seen written may still be landing.
+        #: On SQLite: until when a commit whose log was seen written may still be landing, and
+        #: the pause before the next look meanwhile (doubling from LANDING_STEP).
         self.landing_until = 0.0
+        self.landing_step = LANDING_STEP
         #: The last claim took all it asked for, or PostgreSQL said a job was queued: look now.
         self.urgent = False
 
@@ -77,6 +79,7 @@ class Lookout:
             # Something is being committed: look now, and again while it lands.
             self.next_look = 0.0
             self.landing_until = time.monotonic() + COMMIT_LANDING
+            self.landing_step = LANDING_STEP
             return True
         return False
 
@@ -102,14 +105,24 @@ class Lookout:
             # land now (SQLite's watch).
             self.next_look = min(self.next_look, self.due)
             if now < self.landing_until:
-                self.next_look = now + LANDING_STEP
+                self.next_look = now + self.landing_step
+                self.landing_step *= 2
         return found
 
+    def claiming(self) -> None:
+        """A claim starts: what it finds answers the news heard so far."""
+        self.urgent = False
+
     def claimed(self, got: int, wanted: int) -> None:
-        """After a claim: a full one means more may wait; else look at the usual time (not
-        later than already planned: a commit seen meanwhile wants a look now)."""
-        self.urgent = got == wanted
+        """After a claim: a full one means more may wait, as does a notification heard while
+        it ran; else look at the usual time (not later than already planned: a commit seen
+        meanwhile wants a look now)."""
+        self.urgent = self.urgent or got == wanted
         self.next_look = min(self.next_look, time.monotonic() + self.interval())
+
+    def failed(self) -> None:
+        """A claim could not be written: look again as soon as the store answers."""
+        self.urgent = True
 
     def interval(self) -> float:
         """Seconds between looks with room for work: where a commit or a notification wakes

@@ -198,7 +198,7 @@ def watch_changes(engine: Engine) -> Iterator[SqliteChanges | None]:
 #: How long a commit may take to become visible after its log was written: the log is synced,
 #: then the commit is published in the shared-memory index, which inotify does not see.
 COMMIT_LANDING = 0.25
-#: Seconds between two looks while a commit lands.
+#: The first pause between two looks while a commit lands (each next one is twice as long).
 LANDING_STEP = 0.002
 
 
@@ -210,7 +210,7 @@ class CommitWatch:
     store 40-50 times a second: they start a job or answer a waiter the moment its commit lands,
     and cost nothing meanwhile. The write comes a little before the commit can be read (its
     log is synced, then published in the `-shm` index), so after a wake the waiter looks again
-    every LANDING_STEP until `SqliteChanges` sees it, for COMMIT_LANDING at most (`landed`).
+    (`SqliteChanges`) for COMMIT_LANDING, after pauses doubling from LANDING_STEP.
     `wake()` ends a wait from another thread. Where inotify is not there (not Linux) `of`
     gives None, and waiters poll as before.
     """
