@@ -142,17 +142,20 @@ class Storage:
         return StagedBlob(digest.hexdigest(), size, temp)
 
     def publish(self, staged: StagedBlob) -> StoredBlob:
-        """Make staged bytes durable and move them to their content key; when the key holds them
-        already, drop the staged copy instead.
+        """Make staged bytes durable and move them to their content key.
 
         On a local disk the file is synced before the move (a content key never names bytes a
-        crash could lose) and its folder after it (so the new name survives a crash too).
+        crash could lose) and its folder after it (so the new name survives a crash too); when
+        the key holds the bytes already, the staged copy is dropped and the file's time set to
+        now. An object store keeps an object's time, so there the copy replaces the stored one
+        (the same bytes) whether or not it was there: either way the sweep of unused files sees
+        the bytes as stored now, and leaves them to the job about to name them.
         """
         target = self.key(staged.sha256)
         try:
             if self.local:
                 _sync(staged.temp)
-            if self.fs.exists(target):
+            if self.local and self.fs.exists(target):
                 self.fs.rm(staged.temp)
                 self._touch(target)
             else:
@@ -299,11 +302,10 @@ class Storage:
         return removed
 
     def _touch(self, key: str) -> None:
-        """Mark stored bytes as stored again now, so that a sweep for files no job names leaves
-        them to the job about to name them (local disks; elsewhere a touch would be a copy)."""
-        if self.local:
-            with contextlib.suppress(OSError):  # removed meanwhile: the commit will tell
-                os.utime(key)
+        """Mark stored bytes on a local disk as stored again now, so that a sweep for files no
+        job names leaves them to the job about to name them."""
+        with contextlib.suppress(OSError):  # removed meanwhile: the commit will tell
+            os.utime(key)
 
     def _temp_key(self, kind: str) -> str:
         """A fresh temporary key beside the content keys (same filesystem, so a move is a rename)."""
