@@ -28,8 +28,7 @@ from uuid import UUID
 from anyio import to_thread
 
 from docqueue.models import Job, JobEvent
-from docqueue.store import CommitWatch, JobStore, SqliteChanges, watch_changes, watch_commits
-from docqueue.store.engine import COMMIT_LANDING, LANDING_STEP
+from docqueue.store import CommitWatch, JobStore, SqliteChanges, watch
 
 log = logging.getLogger("docqueue.api")
 #: What a reader's waiters want read in a round.
@@ -79,21 +78,16 @@ class _Reader(Generic[Wanted]):
         """Until nobody waits: after each commit (or every INTERVAL without a watch), and at
         most every INTERVAL, read for all the waiters at once."""
         engine = self.store.engine
-        with watch_changes(engine) as changes, watch_commits(engine) as commits:
+        with watch(SqliteChanges, engine) as changes, watch(CommitWatch, engine) as commits:
             with self._lock:
                 self._commits = commits
-            last_read = landing_until = 0.0
-            step = LANDING_STEP
+            last_read = 0.0
             while True:
                 gap = self.INTERVAL if commits is not None else self.POLL
                 time.sleep(max(0.0, last_read + gap - time.monotonic()))
                 if commits is not None and not self._fresh:
-                    # A commit seen written may land now: look again after doubling pauses.
-                    landing = time.monotonic() < landing_until
-                    if commits.wait(step if landing else self.IDLE):
-                        landing_until, step = time.monotonic() + COMMIT_LANDING, LANDING_STEP
-                    elif landing:
-                        step *= 2
+                    # Until a commit; while one seen written may land, a short pause.
+                    commits.wait(commits.landing_pause() or self.IDLE)
                 with self._lock:
                     wanted = self._wanted()
                     fresh, self._fresh = self._fresh, False

@@ -16,13 +16,7 @@ from typing import Any
 from docqueue.models import utcnow
 from docqueue.settings import Settings
 from docqueue.store import JobStore
-from docqueue.store.engine import (
-    COMMIT_LANDING,
-    LANDING_STEP,
-    CommitWatch,
-    Listener,
-    SqliteChanges,
-)
+from docqueue.store.engine import CommitWatch, Listener, SqliteChanges
 
 #: Seconds between idle polls on PostgreSQL, where NOTIFY wakes workers and polls are a fallback.
 NOTIFY_FALLBACK_POLL = 1.0
@@ -51,10 +45,6 @@ class Lookout:
         #: On SQLite: when a look asks the store even if nothing was committed (a scheduled job
         #: comes due then).
         self.due = 0.0
-        #: On SQLite: until when a commit whose log was seen written may still be landing, and
-        #: the pause before the next look meanwhile (doubling from LANDING_STEP).
-        self.landing_until = 0.0
-        self.landing_step = LANDING_STEP
         #: The last claim took all it asked for, or PostgreSQL said a job was queued: look now.
         self.urgent = False
 
@@ -76,10 +66,7 @@ class Lookout:
             return True
         if isinstance(ready, CommitWatch):
             ready.drain()
-            # Something is being committed: look now, and again while it lands.
-            self.next_look = 0.0
-            self.landing_until = time.monotonic() + COMMIT_LANDING
-            self.landing_step = LANDING_STEP
+            self.next_look = 0.0  # something is being committed: look now, and while it lands
             return True
         return False
 
@@ -104,9 +91,9 @@ class Lookout:
             # Look when the next scheduled job comes due; sooner if a commit seen written may
             # land now (SQLite's watch).
             self.next_look = min(self.next_look, self.due)
-            if now < self.landing_until:
-                self.next_look = now + self.landing_step
-                self.landing_step *= 2
+            pause = self.commits.landing_pause() if self.commits is not None else None
+            if pause is not None:
+                self.next_look = now + pause
         return found
 
     def claiming(self) -> None:

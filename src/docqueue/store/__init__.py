@@ -4,8 +4,7 @@ from docqueue.store.engine import (
     CommitWatch,
     SqliteChanges,
     make_engine,
-    watch_changes,
-    watch_commits,
+    watch,
 )
 from docqueue.store.jobstore import JobStore
 from docqueue.store.migrate import upgrade
@@ -20,6 +19,5 @@ __all__ = [
     "WorkerRegistry",
     "make_engine",
     "upgrade",
-    "watch_changes",
-    "watch_commits",
+    "watch",
 ]

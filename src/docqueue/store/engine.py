@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -156,10 +156,8 @@ class SqliteChanges:
     def of(cls, engine: Engine) -> SqliteChanges | None:
         """A watch on the engine's SQLite file; None on PostgreSQL, for an in-memory one, or
         when it cannot be opened (then every look asks the store, as without a watch)."""
-        database = engine.url.database
-        if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-            return None
-        if database.startswith("file:") or not Path(database).is_file():
+        database = _sqlite_file(engine)
+        if database is None or not Path(database).is_file():
             return None
         try:
             return cls(database)
@@ -181,18 +179,6 @@ class SqliteChanges:
     def close(self) -> None:
         """Close its connection."""
         self._conn.close()
-
-
-@contextmanager
-def watch_changes(engine: Engine) -> Iterator[SqliteChanges | None]:
-    """A `SqliteChanges` on the engine's file for the length of the block (None where there is
-    none to watch: then every look must ask the store)."""
-    changes = SqliteChanges.of(engine)
-    try:
-        yield changes
-    finally:
-        if changes is not None:
-            changes.close()
 
 
 #: How long a commit may take to become visible after its log was written: the log is synced,
@@ -225,15 +211,17 @@ class CommitWatch:
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watching = False
         self._watch()
+        #: Until when a commit whose log was seen written may still land, and the pause
+        #: before the next look meanwhile.
+        self._landing_until = 0.0
+        self._landing_step = LANDING_STEP
 
     @classmethod
     def of(cls, engine: Engine) -> CommitWatch | None:
         """A watch on the engine's SQLite file; None on PostgreSQL (it has LISTEN), for an
         in-memory database, or where inotify is not available."""
-        database = engine.url.database
-        if engine.dialect.name != "sqlite" or not sys.platform.startswith("linux"):
-            return None
-        if not database or database == ":memory:" or database.startswith("file:"):
+        database = _sqlite_file(engine)
+        if database is None or not sys.platform.startswith("linux"):
             return None
         try:
             return cls(str(Path(database).resolve()))
@@ -261,13 +249,26 @@ class CommitWatch:
         return bool(ready)
 
     def drain(self) -> None:
-        """Forget the commits and wake-ups seen so far."""
+        """Forget the commits and wake-ups seen so far; a commit seen starts its landing."""
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_read, 512):
                 pass
-        for change in self._inotify.read(timeout=0):
+        changes = self._inotify.read(timeout=0)
+        for change in changes:
             if change.mask & self._gone:  # the log was removed: watch the next one
                 self._watching = False
+        if changes:
+            self._landing_until = time.monotonic() + COMMIT_LANDING
+            self._landing_step = LANDING_STEP
+
+    def landing_pause(self) -> float | None:
+        """While a commit seen written may still land: the pause before the next look (twice
+        the last one, from LANDING_STEP); None when no commit is landing."""
+        if time.monotonic() >= self._landing_until:
+            return None
+        pause = self._landing_step
+        self._landing_step *= 2
+        return pause
 
     def wake(self) -> None:
         """End a wait now (from any thread)."""
@@ -291,16 +292,28 @@ class CommitWatch:
         return self._watching
 
 
+Watch = TypeVar("Watch", SqliteChanges, CommitWatch)
+
+
 @contextmanager
-def watch_commits(engine: Engine) -> Iterator[CommitWatch | None]:
-    """A `CommitWatch` on the engine's file for the length of the block (None where there is
-    none: then waiters poll)."""
-    commits = CommitWatch.of(engine)
+def watch(kind: type[Watch], engine: Engine) -> Iterator[Watch | None]:
+    """A watch of `kind` (SqliteChanges, CommitWatch) on the engine's SQLite file for the
+    length of the block; None where there is none (then waiters ask the store, or poll)."""
+    found = kind.of(engine)
     try:
-        yield commits
+        yield found
     finally:
-        if commits is not None:
-            commits.close()
+        if found is not None:
+            found.close()
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The path of the engine's SQLite database file; None on PostgreSQL, and for an in-memory
+    database or one named by a URI."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else database
 
 
 class Listener:

@@ -18,7 +18,7 @@ from docqueue.store.engine import NOTIFY_CHANNEL, write_transaction
 from docqueue.store.files import REMOVE_BATCH, StoredFiles, gone_from, lock_files, named
 from docqueue.store.group import GroupCommit
 from docqueue.store.reader import JobReader
-from docqueue.store.rows import artifact_from_row, job_from_row
+from docqueue.store.rows import job_from_row
 from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
 from docqueue.store.writes import INSERT_ARTIFACT, INSERT_EVENT, add_event, artifact_rows
 
@@ -145,12 +145,9 @@ class JobRequests(JobReader):
         rows = conn.execute(select(jobs).where(jobs.c.idempotency_key.in_(wanted))).all()
         inputs: dict[UUID, list[Artifact]] = {row.id: [] for row in rows}
         if rows:
-            for artifact in conn.execute(
-                select(artifacts).where(
-                    artifacts.c.job_id.in_(list(inputs)), artifacts.c.role == "input"
-                )
-            ):
-                inputs[artifact.job_id].append(artifact_from_row(artifact))
+            for artifact in self.artifacts_of(conn, list(inputs)):
+                if artifact.role == "input" and artifact.job_id is not None:
+                    inputs[artifact.job_id].append(artifact)
         return {row.idempotency_key: (job_from_row(row), tuple(inputs[row.id])) for row in rows}
 
     def _check_inputs(self, conn: Connection, news: list[tuple[NewJob, datetime]]) -> None:
