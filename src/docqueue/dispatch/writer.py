@@ -8,6 +8,7 @@ is in flight at a time, so outcomes are still written in the order they came.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,22 +61,27 @@ class StoreWriter:
         assert self._inflight is None, "one commit at a time"
         self._completions = completions
         self._inflight = self._thread.submit(self._commit, completions, want)
+        # Signalled once the future is done, not from inside `_commit`: a supervisor woken
+        # before the result is set would find the commit unfinished and, the eventfd still
+        # readable, wake again and again until the thread got the interpreter lock back.
+        self._inflight.add_done_callback(self._signal)
 
     def _commit(self, completions: list[Completion], want: int) -> Written:
         """On the writer's thread: one transaction, then the input files of the jobs claimed."""
-        try:
-            states, jobs = self.store.complete_and_claim(
-                completions,
-                self.worker_id,
-                self.settings.queues,
-                want,
-                lease_seconds=self.settings.lease_seconds,
-                queue_limits=self.settings.queue_limits,
-            )
-            inputs = self.store.inputs([job.id for job in jobs if self.takes_file(job.operation)])
-            return Written(completions, states, jobs, inputs, want)
-        finally:
-            os.eventfd_write(self.wakeup, 1)
+        states, jobs = self.store.complete_and_claim(
+            completions,
+            self.worker_id,
+            self.settings.queues,
+            want,
+            lease_seconds=self.settings.lease_seconds,
+            queue_limits=self.settings.queue_limits,
+        )
+        inputs = self.store.inputs([job.id for job in jobs if self.takes_file(job.operation)])
+        return Written(completions, states, jobs, inputs, want)
+
+    def _signal(self, _done: Future[Written]) -> None:
+        """Wake the supervisor: the commit has finished, with its result or its error."""
+        os.eventfd_write(self.wakeup, 1)
 
     def collect(self, *, block: bool = False) -> Written | None:
         """The finished commit, once; None while it runs (or when none was started).
@@ -83,14 +89,16 @@ class StoreWriter:
         Raises the store's error when the commit failed; its completions are then handed back
         by `take_back`, so that nothing is lost.
         """
+        # The signal comes from the future's done callback, which runs just after the future
+        # says it is done: read it first, so that one seen now is never left readable (a wait
+        # on a readable eventfd would return at once, again and again).
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.wakeup)
         inflight = self._inflight
         if inflight is None or not (block or inflight.done()):
             return None
         self._inflight = None
-        try:
-            written = inflight.result()
-        finally:
-            os.eventfd_read(self.wakeup)  # signalled before the future finished
+        written = inflight.result()
         self._completions = []
         return written
 
