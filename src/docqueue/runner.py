@@ -43,6 +43,7 @@ class Runner:
         storage: Storage,
         scratch: Path | None = None,
         publisher: BackgroundPublisher | None = None,
+        cpu_threads: Callable[[], int | None] | None = None,
     ) -> None:
         self.registry = registry
         self.storage = storage
@@ -50,6 +51,8 @@ class Runner:
         self.scratch = scratch
         #: Publishes outputs in the background; then an outcome is final only once settled.
         self.publisher = publisher
+        #: The threads a job's math should use now (a worker child's share of the cores).
+        self.cpu_threads = cpu_threads
 
     def execute(
         self,
@@ -81,6 +84,8 @@ class Runner:
                     ctx.report_progress = progress
                 if is_cancelled is not None:
                     ctx.is_cancelled = is_cancelled
+                if self.cpu_threads is not None:
+                    ctx.cpu_threads = self.cpu_threads
                 result = processor.func(ctx) or {}
                 if ctx.is_cancelled():
                     return Cancelled()

@@ -65,6 +65,21 @@ def use_counter(ctx: Context) -> JSON:
     return {"pid": os.getpid()}
 
 
+def threads(ctx: Context) -> JSON:
+    """The threads the job's math may use: at once, or once params.together jobs have
+    started (each appends to params.started), waiting up to 10 s for the share to settle."""
+    together = ctx.params.get("together", 1)
+    if together > 1:
+        _append(ctx.params["started"], str(ctx.job_id))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            count = len(Path(ctx.params["started"]).read_text().splitlines())
+            if count >= together and ctx.cpu_threads() == ctx.params["expect"]:
+                break
+            time.sleep(0.01)
+    return {"threads": ctx.cpu_threads()}
+
+
 def exits(ctx: Context) -> JSON:
     """Call exit(), as careless code does."""
     raise SystemExit(3)
@@ -77,4 +92,5 @@ def register(registry: Registry) -> None:
     registry.processor("crash")(crash)
     registry.processor("hang")(hang)
     registry.processor("exits")(exits)
+    registry.processor("threads")(threads)
     registry.processor("counted", resources=("counter",))(use_counter)

@@ -10,10 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from docqueue.dispatch.child import available_cores
 from docqueue.models import JobState, NewJob
 from docqueue.settings import Settings
 from docqueue.store import JobStore
 from tests.e2e.workers import kill_tree, lines, start_worker, wait_for
+
+
+def _drain(settings: Settings) -> None:
+    """Run a worker of 2 children until the queue is empty."""
+    worker = start_worker(settings, "--concurrency", "2", "--burst")
+    try:
+        assert worker.wait(timeout=60) == 0
+    finally:
+        kill_tree(worker)
 
 
 def finished(store: JobStore, n: int) -> bool:
@@ -136,6 +146,23 @@ def test_resources_load_once_per_process(
     assert len(loaded_in) == len(set(loaded_in)) <= 2
     ran_in = {str(store.get(i).result["pid"]) for i in ids}  # type: ignore[index]
     assert ran_in <= set(loaded_in)
+
+
+def test_a_job_running_alone_gets_every_core(
+    store: JobStore, settings: Settings, tmp_path: Path
+) -> None:
+    """The children share the cores: a job's math (an embedding) may use every core while it
+    runs alone, and its share once a second job runs beside it."""
+    cores = available_cores()
+    if cores < 2:
+        pytest.skip("one core: alone or not, a job gets one thread")
+    together = {"together": 2, "started": str(tmp_path / "started.log"), "expect": cores // 2}
+    alone, _ = store.enqueue(NewJob("threads"))
+    _drain(settings)
+    pair = [store.enqueue(NewJob("threads", together))[0] for _ in range(2)]
+    _drain(settings)
+    assert store.get(alone.id).result == {"threads": cores}
+    assert [store.get(job.id).result for job in pair] == [{"threads": cores // 2}] * 2
 
 
 def test_timeout_kills_the_child_and_fails_the_job(store: JobStore, settings: Settings) -> None:

@@ -27,7 +27,9 @@ def test_stopping_one_job_of_a_chunk_leaves_the_next_ones_running(tmp_path: Path
     """The supervisor stops the first job of a chunk of three (cancelled, or its lease lost):
     that one ends cancelled, and the two after it run to success in the same child."""
     settings = quick_settings(f"sqlite:///{tmp_path / 'docqueue.db'}", tmp_path)
-    child = ChildHandle.spawn(multiprocessing.get_context("forkserver"), settings)
+    mp = multiprocessing.get_context("forkserver")
+    running = mp.Value("i", 1)  # held here: the child opens it while it starts
+    child = ChildHandle.spawn(mp, settings, running)
     try:
         slow = running_job({"sleep_ms": 20_000})
         chunk = [slow, running_job({}), running_job({"sleep_ms": 10})]
@@ -54,7 +56,9 @@ def test_a_processor_that_exits_fails_its_job_and_not_the_child(tmp_path: Path) 
     settings = quick_settings(
         f"sqlite:///{tmp_path / 'docqueue.db'}", tmp_path, imports=["tests.e2e.processors"]
     )
-    child = ChildHandle.spawn(multiprocessing.get_context("forkserver"), settings)
+    mp = multiprocessing.get_context("forkserver")
+    running = mp.Value("i", 1)  # held here: the child opens it while it starts
+    child = ChildHandle.spawn(mp, settings, running)
     try:
         careless = Job(uuid4(), "exits", "default", {}, JobState.RUNNING, 0, 1, 3, *now_twice())
         after = running_job({})

@@ -20,6 +20,7 @@ from docqueue.errors import InputError, InvalidJob
 from docqueue.models import JSON, Artifact, InputFile
 from docqueue.processors import Context, Registry, Resource, Resources, builtin_registry
 from docqueue.processors.embedding import (
+    BATCH_SIZE,
     EMBEDDING_MODEL,
     embed_texts,
     load_embedding_model,
@@ -388,6 +389,32 @@ def test_bfloat16_embeddings_point_where_the_float32_ones_do(tmp_path: Path) -> 
     assert ingest(pdf, embed=True).document["embedding"]["precision"] == "float32"
     with pytest.raises(InputError, match="embed_precision"):
         ingest(pdf, embed=True, embed_precision="float16")
+
+
+def test_each_batch_embeds_with_the_threads_given_then(tmp_path: Path) -> None:
+    """The thread count is asked before every batch (a worker's share of the cores changes
+    as other jobs start and end), and torch computes with it; the vectors do not change."""
+    import torch
+
+    model = Ingest(tmp_path).resources.get(EMBEDDING_MODEL)
+    texts = [words(40, offset) for offset in range(BATCH_SIZE + 1)]
+    before = torch.get_num_threads()
+    asked: list[int] = []
+
+    def threads() -> int:
+        asked.append(torch.get_num_threads())
+        return 1 + len(asked) % 2
+
+    try:
+        shared = embed_texts(model, texts, threads=threads)
+        assert asked == [before, 2]  # two batches: set to 2, then back to 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    plain = embed_texts(model, texts)
+    assert shared is not None and plain is not None
+    for a, b in zip(shared, plain, strict=True):
+        assert math.fsum(x * y for x, y in zip(a, b, strict=True)) >= 0.9999
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 CPU flags")

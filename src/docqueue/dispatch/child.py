@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import SynchronizedArray
+from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
 from uuid import UUID
 
 from docqueue.heap import retain_freed_memory
@@ -28,19 +28,38 @@ Task = tuple[Job, list[Artifact]]
 MATH_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def fair_share(cores: int, running: int) -> int:
+    """Threads for one job's math while `running` jobs run at once: the cores shared out."""
+    return max(1, cores // max(1, running))
+
+
 def math_threads(concurrency: int) -> dict[str, str]:
     """The thread-count variables of one of `concurrency` children: the cores shared out."""
-    threads = str(max(1, (os.cpu_count() or 1) // concurrency))
+    threads = str(fair_share(available_cores(), concurrency))
     return dict.fromkeys(MATH_THREAD_VARIABLES, threads)
 
 
-def child_main(conn: Connection, slot: SynchronizedArray[float], settings: Settings) -> None:
+def child_main(
+    conn: Connection,
+    slot: SynchronizedArray[float],
+    running: Synchronized[int],
+    settings: Settings,
+) -> None:
     """Serve chunks of jobs from `conn` until it closes or says None.
 
     `slot` tells the supervisor which job of the chunk runs and since when (index, wall time),
     without a message per job: that is what its timeouts and crash accounting read. Its third
     value is the supervisor's: the index of a job to stop (cancelled, or its lease lost), so
-    that a cancellation stops that job and none of those after it.
+    that a cancellation stops that job and none of those after it. `running` is the number of
+    the supervisor's children that hold jobs: a job's math takes the cores the others leave.
     """
     # The supervisor decides when children stop; Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -54,7 +73,13 @@ def child_main(conn: Connection, slot: SynchronizedArray[float], settings: Setti
     # Outputs are made durable on a thread while the next job of the chunk runs; the chunk's
     # outcomes go back once they all are.
     publisher = BackgroundPublisher(storage)
-    runner = Runner(builtin_registry(settings.imports), storage, publisher=publisher)
+    cores = available_cores()
+    runner = Runner(
+        builtin_registry(settings.imports),
+        storage,
+        publisher=publisher,
+        cpu_threads=lambda: fair_share(cores, running.value),
+    )
     runner.resources.warm_up()
     try:
         while (chunk := _next_chunk(conn)) is not None:

@@ -58,6 +58,8 @@ class Supervisor:
         self.mp = multiprocessing.get_context("forkserver")
         self.mp.set_forkserver_preload(["docqueue.dispatch.child"])
         self.children: list[ChildHandle] = []
+        #: How many children hold jobs, for the children to share the cores out (child.py).
+        self.running = self.mp.Value("i", 0)
         self.buffer: deque[Task] = deque()
         self.pending = Pending()
         self.timers = Timers()
@@ -136,6 +138,7 @@ class Supervisor:
             return self._store_down(exc)
         self._assign()
         busy = [c for c in self.children if c.busy]
+        self.running.value = len(busy)
         if self.stopping and (not busy or time.monotonic() >= (self.timers.stop_by or 0)):
             return False
         if not self.stopping and self.burst and not busy and self._drained():
@@ -192,7 +195,7 @@ class Supervisor:
 
     def _spawn(self) -> ChildHandle:
         """Start a child process."""
-        return ChildHandle.spawn(self.mp, self.settings)
+        return ChildHandle.spawn(self.mp, self.settings, self.running)
 
     def _replace(self, child: ChildHandle) -> None:
         """Put a fresh child in the place of `child` (or drop it while stopping)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
-from multiprocessing.sharedctypes import SynchronizedArray
+from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
 from uuid import UUID
 
 from docqueue.dispatch.child import Task, child_main
@@ -31,11 +31,14 @@ class ChildHandle:
     jobs_run: int = 0
 
     @classmethod
-    def spawn(cls, mp: ForkServerContext, settings: Settings) -> ChildHandle:
-        """Start a child process."""
+    def spawn(
+        cls, mp: ForkServerContext, settings: Settings, running: Synchronized[int]
+    ) -> ChildHandle:
+        """Start a child process; `running` counts the children that hold jobs."""
         parent_conn, child_conn = mp.Pipe()
         slot = mp.Array("d", [0.0, 0.0, -1.0])
-        process = mp.Process(target=child_main, args=(child_conn, slot, settings), daemon=True)
+        args = (child_conn, slot, running, settings)
+        process = mp.Process(target=child_main, args=args, daemon=True)
         process.start()
         child_conn.close()
         return cls(process=process, conn=parent_conn, slot=slot)

@@ -39,6 +39,11 @@ def _never_cancelled() -> bool:
     return False
 
 
+def _threads_as_started() -> int | None:
+    """Thread count for contexts that share no cores out: the math library's own setting."""
+    return None
+
+
 @dataclass
 class Context:
     """One attempt of one job, as its processor sees it."""
@@ -55,6 +60,10 @@ class Context:
     outputs: OutputWriter | None = None
     report_progress: Callable[[float, str | None], None] = _no_progress
     is_cancelled: Callable[[], bool] = _never_cancelled
+    #: How many threads the job's math (torch) should use now, asked before each step of it:
+    #: in a worker, the cores shared out among the children running jobs at the moment, so
+    #: that a job running alone uses every core. None: the library's own setting.
+    cpu_threads: Callable[[], int | None] = _threads_as_started
     log: logging.LoggerAdapter[logging.Logger] = field(
         default_factory=lambda: logging.LoggerAdapter(logging.getLogger("docqueue.job"))
     )

@@ -106,18 +106,31 @@ def _arithmetic(precision: Precision) -> AbstractContextManager[Any]:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+def _use_threads(count: int | None) -> None:
+    """Have torch compute with `count` threads from now on (None: leave it as it is)."""
+    import torch
+
+    if count is not None and count != torch.get_num_threads():
+        torch.set_num_threads(count)
+
+
 def embed_texts(
     model: Any,
     texts: Sequence[str],
     on_batch: Callable[[int], bool] | None = None,
     precision: Precision = "float32",
+    threads: Callable[[], int | None] | None = None,
 ) -> list[list[float]] | None:
     """Unit-length vectors for `texts`, in batches; None when `on_batch(done)` returns False.
 
-    `precision` is used as given (see `usable_precision` for what this CPU does well)."""
+    `precision` is used as given (see `usable_precision` for what this CPU does well).
+    `threads()`, asked before each batch, is how many threads torch should use for it (None:
+    as it is); a worker's share of the cores changes as other jobs start and end."""
     vectors: list[list[float]] = []
     for first in range(0, len(texts), BATCH_SIZE):
         batch = list(texts[first : first + BATCH_SIZE])
+        if threads is not None:
+            _use_threads(threads())
         with _arithmetic(precision):
             encoded = model.encode(
                 batch,

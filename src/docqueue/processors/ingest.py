@@ -127,6 +127,7 @@ def run_ingest(ctx: Context) -> JSON:
             [chunk.text for chunk in chunks],
             lambda done: _embedding_progress(ctx, read_share, done, len(chunks)),
             precision,
+            ctx.cpu_threads,
         )
         if vectors is None:
             return {}
