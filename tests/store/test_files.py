@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from docqueue.dispatch.housekeeping import Housekeeping
 from docqueue.errors import FileRemoved
@@ -27,6 +28,7 @@ from docqueue.storage import Storage
 from docqueue.store import JobStore
 from docqueue.store.engine import write_transaction
 from docqueue.store.files import gone_from
+from docqueue.store.tables import jobs
 from docqueue.store.writes import add_artifacts
 
 OUTPUT = b"the same output, made by two jobs"
@@ -171,6 +173,29 @@ def test_files_no_job_names_are_swept_once_old(files_store: JobStore, storage: S
     assert not storage.exists(orphan.sha256)
     assert storage.exists(named.sha256)
     assert storage.exists(recent.sha256)
+
+
+def test_the_sweep_keeps_what_a_long_running_attempt_stored(
+    files_store: JobStore, storage: Storage
+) -> None:
+    """A job with a timeout of its own, longer than the sweep's age, stored an output early
+    and runs on: outputs stored since its attempt started stay until it records them; older
+    unused ones go."""
+    job, _ = files_store.enqueue(NewJob("noop", timeout=7 * 24 * 3600))
+    files_store.claim("w", ["default"], 1, lease_seconds=30)
+    three_days_ago = utcnow() - timedelta(days=3)
+    with write_transaction(files_store.engine) as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(started_at=three_days_ago))
+    early = output(storage, b"stored by the running attempt two days ago")
+    before = output(storage, b"stored a week ago, before the attempt started")
+    for blob, days in ((early, 2), (before, 7)):
+        moment = time.time() - days * 24 * 3600
+        os.utime(storage.key(blob.sha256), (moment, moment))
+
+    housekeeping = Housekeeping(files_store, storage, retention_days=None)
+    assert sum(housekeeping.sweep_unnamed(b.sha256[:2]) for b in (early, before)) == 1
+    assert storage.exists(early.sha256)
+    assert not storage.exists(before.sha256)
 
 
 def test_bytes_stored_again_count_as_fresh(storage: Storage) -> None:

@@ -17,8 +17,11 @@ PRUNE_INTERVAL = 600.0
 #: A stored file that no job names is removed once its bytes were last stored this long ago.
 #: Such files are outputs of attempts that failed or lost their job, and uploads whose process
 #: died before the job was made. The age leaves a job that stored an output and runs on the
-#: time to record it; one that takes longer still loses nothing, it runs again (store/files.py).
+#: time to record it; files stored since the oldest running attempt started are kept too.
 ORPHAN_AGE = 24 * 3600.0
+#: How far the clocks of storage and workers may disagree: files stored up to this long before
+#: the oldest running attempt started (by its worker's clock) are kept as well.
+CLOCK_SKEW = 600.0
 #: Seconds between sweeps of one of the 256 folders of addresses: a full round in 4 hours.
 ORPHAN_SWEEP_INTERVAL = 60.0
 
@@ -82,10 +85,15 @@ class Housekeeping:
             log.info("removed %d temporary files left by interrupted uploads or jobs", removed)
 
     def sweep_unnamed(self, folder: str, *, age: float = ORPHAN_AGE) -> int:
-        """Remove the files of one address folder that no job names and that were last stored
-        more than `age` seconds ago; return how many went."""
+        """Remove the files of one address folder that no job names, that were last stored
+        more than `age` seconds ago and before the oldest running attempt started (its outputs
+        are named only when it ends, and a job may have a timeout of its own, longer than
+        `age`); return how many went."""
         cutoff = time.time() - age
         try:
+            running_since = self.store.running_since()
+            if running_since is not None:
+                cutoff = min(cutoff, running_since.timestamp() - CLOCK_SKEW)
             old = [
                 sha256
                 for sha256, stored in self.storage.stored(folder)

@@ -205,6 +205,14 @@ class JobReader:
             due: datetime | None = conn.execute(query).scalar()
         return due
 
+    def running_since(self) -> datetime | None:
+        """When the oldest attempt still running started; None when none runs. Outputs stored
+        since then may be an attempt's that has yet to record them."""
+        query = select(func.min(jobs.c.started_at)).where(status_in(JobState.RUNNING.value))
+        with read_transaction(self.engine) as conn:
+            since: datetime | None = conn.execute(query).scalar()
+        return since
+
     def position(self, job: Job, *, most: int = POSITION_LIMIT) -> int | None:
         """How many waiting jobs of its queue will be claimed before `job`, counted up to `most`.
 
