@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from docqueue.models import JSON
@@ -66,18 +67,31 @@ def use_counter(ctx: Context) -> JSON:
 
 
 def threads(ctx: Context) -> JSON:
-    """The threads the job's math may use: at once, or once params.together jobs have
-    started (each appends to params.started), waiting up to 10 s for the share to settle."""
+    """The threads the job's math may use: at once, or while params.together jobs run at
+    once (waiting up to 10 s for the share to be params.expect); none of them ends before all
+    have looked."""
     together = ctx.params.get("together", 1)
-    if together > 1:
-        _append(ctx.params["started"], str(ctx.job_id))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            count = len(Path(ctx.params["started"]).read_text().splitlines())
-            if count >= together and ctx.cpu_threads() == ctx.params["expect"]:
-                break
-            time.sleep(0.01)
-    return {"threads": ctx.cpu_threads()}
+    if together == 1:
+        return {"threads": ctx.cpu_threads()}
+    folder = Path(ctx.params["folder"])
+    _append(str(folder / "started"), str(ctx.job_id))
+    seen = _until(lambda: _count(folder / "started") >= together, ctx.cpu_threads, ctx.params)
+    _append(str(folder / "looked"), str(ctx.job_id))
+    _until(lambda: _count(folder / "looked") >= together, lambda: None, {"expect": None})
+    return {"threads": seen}
+
+
+def _count(path: Path) -> int:
+    """Lines in the file at `path` (0 before it is made)."""
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _until(ready: Callable[[], bool], value: Callable[[], object], params: JSON) -> object:
+    """`value()` once `ready()` and it equals params.expect, or as it is after 10 s."""
+    deadline = time.monotonic() + 10
+    while not (ready() and value() == params["expect"]) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return value()
 
 
 def exits(ctx: Context) -> JSON:

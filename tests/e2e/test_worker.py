@@ -156,7 +156,7 @@ def test_a_job_running_alone_gets_every_core(
     cores = available_cores()
     if cores < 2:
         pytest.skip("one core: alone or not, a job gets one thread")
-    together = {"together": 2, "started": str(tmp_path / "started.log"), "expect": cores // 2}
+    together = {"together": 2, "folder": str(tmp_path), "expect": cores // 2}
     alone, _ = store.enqueue(NewJob("threads"))
     _drain(settings)
     pair = [store.enqueue(NewJob("threads", together))[0] for _ in range(2)]
