@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_stopping_one_job_of_a_chunk_leaves_the_next_ones_running(tmp_path: Path
     that one ends cancelled, and the two after it run to success in the same child."""
     settings = quick_settings(f"sqlite:///{tmp_path / 'docqueue.db'}", tmp_path)
     mp = multiprocessing.get_context("forkserver")
-    running = mp.Value("i", 1)  # held here: the child opens it while it starts
+    running = mp.RawValue(ctypes.c_int, 1)  # held here: the child maps it while it starts
     child = ChildHandle.spawn(mp, settings, running)
     try:
         slow = running_job({"sleep_ms": 20_000})
@@ -57,7 +58,7 @@ def test_a_processor_that_exits_fails_its_job_and_not_the_child(tmp_path: Path) 
         f"sqlite:///{tmp_path / 'docqueue.db'}", tmp_path, imports=["tests.e2e.processors"]
     )
     mp = multiprocessing.get_context("forkserver")
-    running = mp.Value("i", 1)  # held here: the child opens it while it starts
+    running = mp.RawValue(ctypes.c_int, 1)  # held here: the child maps it while it starts
     child = ChildHandle.spawn(mp, settings, running)
     try:
         careless = Job(uuid4(), "exits", "default", {}, JobState.RUNNING, 0, 1, 3, *now_twice())

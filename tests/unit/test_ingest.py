@@ -70,6 +70,7 @@ class Ingest:
     tmp_path: Path
     registry: Registry = field(default_factory=Registry)
     cancelled: Callable[[], bool] = lambda: False
+    cpu_threads: Callable[[], int | None] = lambda: None
 
     def __post_init__(self) -> None:
         register(self.registry)
@@ -95,6 +96,7 @@ class Ingest:
                 outputs=StorageOutputWriter(self.storage, job_id),
                 report_progress=lambda fraction, message: progress.append((fraction, message)),
                 is_cancelled=self.cancelled,
+                cpu_threads=self.cpu_threads,
             )
             result = self.registry.get("ingest").func(ctx) or {}
         json.dumps(result, allow_nan=False)  # the runner stores it as JSON
@@ -393,7 +395,8 @@ def test_bfloat16_embeddings_point_where_the_float32_ones_do(tmp_path: Path) -> 
 
 def test_each_batch_embeds_with_the_threads_given_then(tmp_path: Path) -> None:
     """The thread count is asked before every batch (a worker's share of the cores changes
-    as other jobs start and end), and torch computes with it; the vectors do not change."""
+    as other jobs start and end), and torch computes with it; the vectors do not change, and
+    torch's own count is back afterwards, for other torch work in the process."""
     import torch
 
     model = Ingest(tmp_path).resources.get(EMBEDDING_MODEL)
@@ -407,14 +410,31 @@ def test_each_batch_embeds_with_the_threads_given_then(tmp_path: Path) -> None:
 
     try:
         shared = embed_texts(model, texts, threads=threads)
-        assert asked == [before, 2]  # two batches: set to 2, then back to 1
-        assert torch.get_num_threads() == 1
+        assert asked == [before, 2]  # two batches: set to 2, then to 1
+        assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
     plain = embed_texts(model, texts)
     assert shared is not None and plain is not None
     for a, b in zip(shared, plain, strict=True):
         assert math.fsum(x * y for x, y in zip(a, b, strict=True)) >= 0.9999
+
+
+def test_ingest_asks_its_context_for_threads_before_each_batch(tmp_path: Path) -> None:
+    """An ingest that embeds takes its thread count from the context (a worker child's share
+    of the cores), once per batch of chunks."""
+    asked: list[int] = []
+
+    def threads() -> int:
+        asked.append(1)
+        return 1
+
+    ingest = Ingest(tmp_path, cpu_threads=threads)
+    pdf = build_pdf([[words(60, page)] for page in range(12)])
+    run = ingest(pdf, embed=True, chunk_size=100)
+    batches = -(-len(run.document["chunks"]) // BATCH_SIZE)
+    assert batches >= 2
+    assert len(asked) == batches
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 CPU flags")

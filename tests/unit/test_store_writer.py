@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import threading
 
@@ -49,4 +50,20 @@ def test_a_wakeup_always_finds_its_commit_finished(store: JobStore, settings: Se
     finally:
         done.set()
         spinner.join()
+        writer.close()
+
+
+def test_a_signal_left_after_its_commit_was_collected_is_read(
+    store: JobStore, settings: Settings
+) -> None:
+    """A commit collected the moment its future finished, before the done callback signalled:
+    the late signal wakes the supervisor once, and that turn's `collect` reads it (nothing is
+    in flight), so the eventfd does not stay readable and the loop does not spin."""
+    writer = StoreWriter(store, settings, "writer-test", lambda _operation: False)
+    try:
+        os.eventfd_write(writer.wakeup, 1)  # as the late callback does
+        assert _readable(writer.wakeup, 0.0)
+        assert writer.collect() is None
+        assert not _readable(writer.wakeup, 0.0)
+    finally:
         writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -9,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from multiprocessing.sharedctypes import SynchronizedArray
 from uuid import UUID
 
 from docqueue.heap import retain_freed_memory
@@ -50,7 +51,7 @@ def math_threads(concurrency: int) -> dict[str, str]:
 def child_main(
     conn: Connection,
     slot: SynchronizedArray[float],
-    running: Synchronized[int],
+    running: ctypes.c_int,
     settings: Settings,
 ) -> None:
     """Serve chunks of jobs from `conn` until it closes or says None.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -59,7 +60,9 @@ class Supervisor:
         self.mp.set_forkserver_preload(["docqueue.dispatch.child"])
         self.children: list[ChildHandle] = []
         #: How many children hold jobs, for the children to share the cores out (child.py).
-        self.running = self.mp.Value("i", 0)
+        #: Without a lock: only this process writes it, and a child killed while it held a
+        #: lock would leave every later reader waiting for good.
+        self.running = self.mp.RawValue(ctypes.c_int, 0)
         self.buffer: deque[Task] = deque()
         self.pending = Pending()
         self.timers = Timers()

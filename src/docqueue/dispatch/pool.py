@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
-from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from multiprocessing.sharedctypes import SynchronizedArray
 from uuid import UUID
 
 from docqueue.dispatch.child import Task, child_main
@@ -31,9 +32,7 @@ class ChildHandle:
     jobs_run: int = 0
 
     @classmethod
-    def spawn(
-        cls, mp: ForkServerContext, settings: Settings, running: Synchronized[int]
-    ) -> ChildHandle:
+    def spawn(cls, mp: ForkServerContext, settings: Settings, running: ctypes.c_int) -> ChildHandle:
         """Start a child process; `running` counts the children that hold jobs."""
         parent_conn, child_conn = mp.Pipe()
         slot = mp.Array("d", [0.0, 0.0, -1.0])
