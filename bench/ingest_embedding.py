@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from client import moment, submit, submit_all, wait_finished
-from docqueue.dispatch.child import MATH_THREAD_VARIABLES, available_cores, fair_share
+from docqueue.dispatch.child import MATH_THREAD_VARIABLES, available_cores
 from docqueue.processors.embedding import Precision
 from server import Server, Usage, cpu_usage
 
@@ -120,7 +120,7 @@ def load_per_document(texts: list[list[str]], results: Any, precision: Precision
     os.environ["HF_HUB_OFFLINE"] = "1"
     # As the service's job, which ran alone on the worker: a child running alone embeds with
     # every core (dispatch/child.py), so both ways embed with the same threads.
-    os.environ.update(dict.fromkeys(MATH_THREAD_VARIABLES, str(fair_share(available_cores(), 1))))
+    os.environ.update(dict.fromkeys(MATH_THREAD_VARIABLES, str(available_cores())))
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     started = time.perf_counter()

@@ -75,9 +75,11 @@ def threads(ctx: Context) -> JSON:
         return {"threads": ctx.cpu_threads()}
     folder = Path(ctx.params["folder"])
     _append(str(folder / "started"), str(ctx.job_id))
-    seen = _until(lambda: _count(folder / "started") >= together, ctx.cpu_threads, ctx.params)
-    _append(str(folder / "looked"), str(ctx.job_id))
-    _until(lambda: _count(folder / "looked") >= together, lambda: None, {"expect": None})
+    started, looked = folder / "started", folder / "looked"
+    _until(lambda: _count(started) >= together and ctx.cpu_threads() == ctx.params["expect"])
+    seen = ctx.cpu_threads()
+    _append(str(looked), str(ctx.job_id))
+    _until(lambda: _count(looked) >= together)
     return {"threads": seen}
 
 
@@ -86,12 +88,11 @@ def _count(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def _until(ready: Callable[[], bool], value: Callable[[], object], params: JSON) -> object:
-    """`value()` once `ready()` and it equals params.expect, or as it is after 10 s."""
+def _until(ready: Callable[[], bool]) -> None:
+    """Wait until `ready()`, for 10 s at most."""
     deadline = time.monotonic() + 10
-    while not (ready() and value() == params["expect"]) and time.monotonic() < deadline:
+    while not ready() and time.monotonic() < deadline:
         time.sleep(0.005)
-    return value()
 
 
 def exits(ctx: Context) -> JSON:

@@ -16,8 +16,9 @@ log = logging.getLogger("docqueue.worker")
 PRUNE_INTERVAL = 600.0
 #: A stored file that no job names is removed once its bytes were last stored this long ago.
 #: Such files are outputs of attempts that failed or lost their job, and uploads whose process
-#: died before the job was made. The age leaves a job that stored an output and runs on the
-#: time to record it; files stored since the oldest running attempt started are kept too.
+#: died before the job was made. The age is a margin for an upload whose job is being made and
+#: a success on its way to its commit; files stored since the oldest running attempt started
+#: are kept however old (its outputs are named only when it ends).
 ORPHAN_AGE = 24 * 3600.0
 #: How far the clocks of storage and workers may disagree: files stored up to this long before
 #: the oldest running attempt started (by its worker's clock) are kept as well.
@@ -29,19 +30,10 @@ ORPHAN_SWEEP_INTERVAL = 60.0
 class Housekeeping:
     """Does each periodic duty when it is due; a failure is logged and tried again next time."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        storage: Storage,
-        retention_days: float | None,
-        longest_job: float = 0.0,
-    ) -> None:
+    def __init__(self, store: JobStore, storage: Storage, retention_days: float | None) -> None:
         self.store = store
         self.storage = storage
         self.retention_days = retention_days
-        #: Files no job names are kept this long: a day, or twice the longest job's timeout,
-        #: so that a job whose output was stored early is done before the sweep could take it.
-        self.unnamed_age = max(ORPHAN_AGE, 2 * longest_job)
         self.next_prune = 0.0
         self.next_sweep = 0.0
         #: The folder of addresses ("00" to "ff") swept next; workers start at random ones.
@@ -56,7 +48,7 @@ class Housekeeping:
                 self.prune(timedelta(days=self.retention_days))
         if now >= self.next_sweep:
             self.next_sweep = now + ORPHAN_SWEEP_INTERVAL
-            self.sweep_unnamed(f"{self.folder:02x}", age=self.unnamed_age)
+            self.sweep_unnamed(f"{self.folder:02x}")
             self.folder = (self.folder + 1) % 256
 
     def prune(self, older_than: timedelta) -> None:

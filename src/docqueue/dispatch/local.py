@@ -66,13 +66,7 @@ class Supervisor:
         self.buffer: deque[Task] = deque()
         self.pending = Pending()
         self.timers = Timers()
-        timeouts = [p.timeout or 0.0 for p in self.registry.processors.values()]
-        self.housekeeping = Housekeeping(
-            self.store,
-            self.storage,
-            settings.retention_days,
-            longest_job=max([settings.job_timeout, *timeouts]),
-        )
+        self.housekeeping = Housekeeping(self.store, self.storage, settings.retention_days)
         self.stopping = False
         self.store_failures = 0
         #: Moving average of job run time, which decides how far to claim ahead and in chunks.

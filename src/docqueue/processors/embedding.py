@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from typing import Any, Literal
 
@@ -106,27 +106,18 @@ def _arithmetic(precision: Precision) -> AbstractContextManager[Any]:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-@contextmanager
-def _threads_restored(changes: bool) -> Iterator[None]:
-    """Put torch's thread count back as it was when the block ends (if it `changes` it), so
-    that other torch work in the process keeps the process's own share."""
-    if not changes:
-        yield
-        return
+def _torch_threads() -> int:
+    """The threads torch computes with now."""
     import torch
 
-    before = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        _use_threads(before)
+    return int(torch.get_num_threads())
 
 
 def _use_threads(count: int | None) -> None:
     """Have torch compute with `count` threads from now on (None: leave it as it is)."""
-    import torch
+    if count is not None and count != _torch_threads():
+        import torch
 
-    if count is not None and count != torch.get_num_threads():
         torch.set_num_threads(count)
 
 
@@ -142,8 +133,12 @@ def embed_texts(
     `precision` is used as given (see `usable_precision` for what this CPU does well).
     `threads()`, asked before each batch, is how many threads torch should use for it (None:
     as it is); a worker's share of the cores changes as other jobs start and end."""
-    with _threads_restored(threads is not None):
+    # Torch's own count is put back at the end, for other torch work in the process.
+    restore = _torch_threads() if threads is not None else None
+    try:
         return _embed_batches(model, texts, on_batch, precision, threads)
+    finally:
+        _use_threads(restore)
 
 
 def _embed_batches(
@@ -153,7 +148,7 @@ def _embed_batches(
     precision: Precision,
     threads: Callable[[], int | None] | None,
 ) -> list[list[float]] | None:
-    """`embed_texts`' batches."""
+    """`embed_texts`' batches, each with the threads `threads()` gives then."""
     vectors: list[list[float]] = []
     for first in range(0, len(texts), BATCH_SIZE):
         batch = list(texts[first : first + BATCH_SIZE])
