@@ -115,6 +115,33 @@ class DocumentQueueService:
         max_attempts: int | None = None,
     ) -> tuple[Job, bool]:
         """Queue `operation` on input files already in storage; False when the key named a job."""
+        new = self.new_job(
+            operation,
+            params,
+            priority,
+            inputs=inputs,
+            queue=queue,
+            run_at=run_at,
+            delay=delay,
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+        )
+        return self.store.enqueue(new)
+
+    def new_job(
+        self,
+        operation: str,
+        params: JSON | None = None,
+        priority: int | str = Priority.NORMAL,
+        *,
+        inputs: tuple[Artifact, ...] = (),
+        queue: str | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> NewJob:
+        """The job `submit` stores, checked: known operation, valid params, a sane time."""
         processor = self.registry.get(operation)
         clean = self._limited(processor, self.registry.validate(operation, params or {}))
         if delay is not None:
@@ -130,7 +157,7 @@ class DocumentQueueService:
             raise InvalidJob(
                 f"run_at {run_at.isoformat()} is more than ten years away; give a nearer time"
             )
-        new = NewJob(
+        return NewJob(
             operation=operation,
             params=clean,
             queue=queue or processor.queue or "default",
@@ -140,7 +167,6 @@ class DocumentQueueService:
             idempotency_key=idempotency_key,
             input_artifacts=inputs,
         )
-        return self.store.enqueue(new)
 
     def _limited(self, processor: Processor, params: JSON) -> JSON:
         """Params with the server's page limit applied, for processors that take `max_pages`."""

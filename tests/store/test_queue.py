@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -449,3 +451,38 @@ def test_one_batch_with_a_key_twice_and_a_known_key(store: JobStore) -> None:
             ]
         )
     assert store.stats().total(JobState.QUEUED) == 4
+
+
+def test_enqueue_on_an_event_loop_tells_each_job_its_position(store: JobStore) -> None:
+    """Jobs enqueued at once from an event loop are stored once each and told their place
+    in their queue; an idempotent replay gets the stored job with its place, a scheduled job
+    has every due job ahead of it, and a refused one raises in its caller alone."""
+    ahead, _ = store.enqueue(NewJob("noop", {"n": -1}))
+
+    async def submit_all() -> list[Any]:
+        news = [NewJob("noop", {"n": n}) for n in range(5)]
+        news += [
+            NewJob("noop", {"n": -1}, idempotency_key="k"),
+            NewJob("noop", {"n": -1}, idempotency_key="k"),
+            NewJob("noop", run_at=utcnow() + timedelta(hours=1)),
+            NewJob("noop", {"n": -2}, idempotency_key="k"),
+        ]
+        return list(
+            await asyncio.gather(
+                *(store.enqueue_async(new) for new in news), return_exceptions=True
+            )
+        )
+
+    outcomes = asyncio.run(submit_all())
+    made = outcomes[:5]
+    assert all(created for _, created, _ in made)
+    assert sorted(position for _, _, position in made) == [1, 2, 3, 4, 5]
+    for job, _, position in made:
+        assert store.position(job) == position  # as read now: nothing was claimed meanwhile
+    keyed, replay = outcomes[5], outcomes[6]
+    assert keyed[0].id == replay[0].id and keyed[1] != replay[1]
+    assert keyed[2] == replay[2] == store.position(keyed[0])
+    scheduled, _, place = outcomes[7]
+    assert scheduled.status is JobState.SCHEDULED and place == 7 == store.position(scheduled)
+    assert isinstance(outcomes[8], IdempotencyKeyReused)
+    assert store.stats().total(JobState.QUEUED) == 7 and store.position(ahead) == 0

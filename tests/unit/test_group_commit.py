@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
@@ -105,3 +106,70 @@ def test_an_interrupted_write_settles_its_group_and_hands_on_the_lead() -> None:
     with pytest.raises(KeyboardInterrupt):
         grouped(0)
     assert grouped(5) == 5
+
+
+def test_callers_on_an_event_loop_share_groups_with_threads() -> None:
+    """100 callers on an event loop and 100 on threads at once: each gets its own result,
+    every item is written once, one write at a time, and the loop's items share groups (with
+    each other and with the threads') instead of a write each."""
+    write = Recorder()
+    grouped = GroupCommit(write)
+
+    async def on_the_loop() -> list[str]:
+        return list(await asyncio.gather(*(grouped.call_async(item) for item in range(100))))
+
+    with ThreadPoolExecutor(16) as pool:
+        threads = pool.map(grouped, range(100, 200))
+        assert asyncio.run(on_the_loop()) == [f"written {item}" for item in range(100)]
+        assert list(threads) == [f"written {item}" for item in range(100, 200)]
+    written = [item for group in write.groups for item in group]
+    assert sorted(written) == list(range(200))
+    assert len([group for group in write.groups if set(group) & set(range(100))]) < 50
+    assert not write.overlapped
+
+
+def test_a_loop_caller_gets_its_own_error_and_the_others_their_results() -> None:
+    """A refused item of a loop's caller fails that caller alone; the loop goes on serving."""
+    write = Recorder(fail_on=3)
+    grouped = GroupCommit(write)
+
+    async def on_the_loop() -> list[str]:
+        outcomes = await asyncio.gather(
+            *(grouped.call_async(item) for item in range(8)), return_exceptions=True
+        )
+        return [str(outcome) for outcome in outcomes]
+
+    expected = [f"written {item}" for item in range(8)]
+    expected[3] = "item 3 is refused"
+    assert asyncio.run(on_the_loop()) == expected
+
+
+def test_a_cancelled_loop_caller_is_written_and_the_others_answered() -> None:
+    """A caller cancelled while it waits: its item is written all the same (it was asked
+    for), the caller grouped with it gets its answer, and the next callers are served."""
+    started, release = threading.Event(), threading.Event()
+    written: list[int] = []
+
+    def write(items: Sequence[int]) -> list[int]:
+        if -1 in items:  # a thread's write in progress: the loop's callers gather behind it
+            started.set()
+            release.wait(5)
+        written.extend(items)
+        return list(items)
+
+    grouped = GroupCommit(write)
+
+    async def cancel_one() -> list[int]:
+        blocking = asyncio.ensure_future(asyncio.to_thread(grouped, -1))
+        await asyncio.to_thread(started.wait, 5)
+        cancelled = asyncio.ensure_future(grouped.call_async(0))
+        kept = asyncio.ensure_future(grouped.call_async(1))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        release.set()
+        answers = [await asyncio.wait_for(kept, 5), await blocking]
+        assert cancelled.cancelled()
+        return [*answers, await grouped.call_async(2), await asyncio.to_thread(grouped, 3)]
+
+    assert asyncio.run(cancel_one()) == [1, -1, 2, 3]
+    assert written == [-1, 0, 1, 2, 3]

@@ -11,6 +11,7 @@ from itertools import chain
 from typing import IO, Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
@@ -155,20 +156,29 @@ def _invalid(
     return RequestValidationError([{"loc": loc, "msg": message, "type": kind}])
 
 
-def accept(
+async def accept(
     service: DocumentQueueService,
     submission: Submission,
     idempotency_key: str | None,
     max_bytes: int,
-) -> tuple[Job, bool]:
-    """Validate, store the input, enqueue; True when a new job was made (not an idempotent replay)."""
+) -> tuple[Job, bool, int | None]:
+    """Validate, store the input, enqueue: the job, True when it was made (not an idempotent
+    replay), and its position in its queue.
+
+    Runs on the event loop, which goes on serving while the job is written (group.py); only a
+    file to store or look up takes a trip to the thread pool.
+    """
     fields = submission.fields
     processor = service.registry.get(fields.operation)
     service.registry.validate(fields.operation, fields.params)  # refuse before storing a byte
-    inputs = _inputs(service, processor, submission, max_bytes)
-    uploaded = inputs if submission.upload is not None else ()
+    uploaded: tuple[Artifact, ...] = ()
+    if submission.upload is None and fields.input_artifact is None:
+        inputs = _no_input(processor)
+    else:
+        inputs = await run_in_threadpool(_inputs, service, processor, submission, max_bytes)
+        uploaded = inputs if submission.upload is not None else ()
     try:
-        job, created = service.submit(
+        new = service.new_job(
             fields.operation,
             fields.params,
             fields.priority,
@@ -179,33 +189,45 @@ def accept(
             idempotency_key=idempotency_key,
             max_attempts=fields.max_attempts,
         )
-    except BaseException:
-        service.forget_unused(uploaded)
+        job, created, position = await service.store.enqueue_async(new)
+    except Exception:
+        # (A request cancelled meanwhile leaves an unnamed upload to the sweep of unused files.)
+        await _forget(service, uploaded)
         raise
     if not created:
-        service.forget_unused(uploaded)
-    return job, created
+        await _forget(service, uploaded)
+    return job, created, position
+
+
+async def _forget(service: DocumentQueueService, uploaded: tuple[Artifact, ...]) -> None:
+    """Remove the bytes of an upload whose job was not made, unless another job names them."""
+    if uploaded:
+        await run_in_threadpool(service.forget_unused, uploaded)
+
+
+def _no_input(processor: Processor) -> tuple[Artifact, ...]:
+    """No file was sent nor named: right for an operation that takes none."""
+    if processor.takes_file:
+        raise InvalidJob(
+            f"operation {processor.name!r} needs an input file ({', '.join(processor.accepts)}); "
+            "send it as `file` in a multipart form, or name a stored one in input_artifact"
+        )
+    return ()
 
 
 def _inputs(
     service: DocumentQueueService, processor: Processor, submission: Submission, max_bytes: int
 ) -> tuple[Artifact, ...]:
-    """The job's input artifact: the uploaded file, a stored one, or none."""
+    """The job's input artifact: the uploaded file or a stored one (one of them is given)."""
     upload, stored = submission.upload, submission.fields.input_artifact
     if upload is not None and stored is not None:
         raise InvalidJob("send a file or name a stored one in input_artifact, not both")
     if not processor.takes_file:
-        if upload is not None or stored is not None:
-            raise InvalidJob(f"operation {processor.name!r} takes no input file; send none")
-        return ()
+        raise InvalidJob(f"operation {processor.name!r} takes no input file; send none")
     if upload is not None:
         return (_store_upload(service, processor, upload, max_bytes),)
-    if stored is not None:
-        return (_stored_input(service, processor, stored, submission.fields.input_name),)
-    raise InvalidJob(
-        f"operation {processor.name!r} needs an input file ({', '.join(processor.accepts)}); "
-        "send it as `file` in a multipart form, or name a stored one in input_artifact"
-    )
+    assert stored is not None
+    return (_stored_input(service, processor, stored, submission.fields.input_name),)
 
 
 def _store_upload(

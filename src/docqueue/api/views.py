@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from fastapi import Response, status
+
 from docqueue.api.schemas import JobOut
 from docqueue.models import WAITING_STATES, Job
 from docqueue.store import JobStore
@@ -11,3 +15,17 @@ def job_out(store: JobStore, job: Job) -> JobOut:
     """The API view of `job`, with its position when it waits in its queue."""
     position = store.position(job) if job.status in WAITING_STATES else None
     return JobOut.of(job, position)
+
+
+def job_response(
+    job: Job,
+    position: int | None,
+    status_code: int = status.HTTP_200_OK,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """The API view of `job` as JSON, serialised here: a model returned by a `def` endpoint
+    is validated again on a second trip through the thread pool, which costs a busy API more
+    than the serialising itself (the endpoint declares `response_model=JobOut` for its
+    documentation)."""
+    body = JobOut.of(job, position).model_dump_json()
+    return Response(body, status_code, headers, media_type="application/json")

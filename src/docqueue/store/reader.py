@@ -219,22 +219,31 @@ class JobReader:
         None when the job is not waiting. The count stops at `most` so that answering a
         submission costs the same however deep the queue is.
         """
-        if job.status.value not in WAITING:
-            return None
+        return self.positions([job], most=most).get(job.id)
+
+    def positions(self, some: Sequence[Job], *, most: int = POSITION_LIMIT) -> dict[UUID, int]:
+        """The `position` of each waiting one of `some`, read in one snapshot."""
+        waiting = [job for job in some if job.status.value in WAITING]
+        if not waiting:
+            return {}
+        now = utcnow()
         with read_transaction(self.engine) as conn:
-            return int(
-                conn.execute(
-                    POSITION,
-                    {
-                        "queue": job.queue,
-                        "priority": job.priority,
-                        "run_at": job.run_at,
-                        "id": job.id,
-                        "now": utcnow(),
-                        "most": most,
-                    },
-                ).scalar_one()
-            )
+            return {
+                job.id: int(
+                    conn.execute(
+                        POSITION,
+                        {
+                            "queue": job.queue,
+                            "priority": job.priority,
+                            "run_at": job.run_at,
+                            "id": job.id,
+                            "now": now,
+                            "most": most,
+                        },
+                    ).scalar_one()
+                )
+                for job in waiting
+            }
 
     def stats(self, *, now: datetime | None = None) -> QueueStats:
         """Counts per queue and state, the age of the oldest queued job, jobs finished in a minute."""

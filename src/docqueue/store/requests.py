@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -9,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from uuid_utils.compat import uuid7
 
 from docqueue.errors import Conflict, FileRemoved, IdempotencyKeyReused, NotFound, QueueFull
@@ -22,6 +23,7 @@ from docqueue.store.rows import job_from_row
 from docqueue.store.tables import FINISHED, WAITING, artifacts, job_events, jobs, status_in
 from docqueue.store.writes import INSERT_ARTIFACT, INSERT_EVENT, add_event, artifact_rows
 
+log = logging.getLogger("docqueue.store")
 QUEUED, SCHEDULED, RUNNING = JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.RUNNING.value
 #: Built once, as the statements of every submission are (see writes.py).
 #: The rows come back in the order of the parameters, so that each job meets its own.
@@ -46,14 +48,23 @@ class JobRequests(JobReader):
         #: stored, and `forget_files` removes from it (files.py). None checks nothing and
         #: removes nothing, for stores that only read or administer jobs.
         self.files = files
-        self._grouped = GroupCommit(self._insert)
+        self._grouped = GroupCommit(self._insert_and_place)
 
     def enqueue(self, new: NewJob, *, now: datetime | None = None) -> tuple[Job, bool]:
         """Store a new job; with a known idempotency key, return the existing job and False.
 
         Jobs enqueued at the same moment by other threads share its transaction (group.py).
         """
-        return self._grouped((new, now or utcnow()))
+        job, created, _ = self._grouped((new, now or utcnow(), False))
+        return job, created
+
+    async def enqueue_async(
+        self, new: NewJob, *, now: datetime | None = None
+    ) -> tuple[Job, bool, int | None]:
+        """`enqueue` for a caller on an event loop (the API's submissions), which goes on
+        serving meanwhile; with the job's `position`, read right after the commit (None when
+        it does not wait, or when that read failed: the job is stored all the same)."""
+        return await self._grouped.call_async((new, now or utcnow(), True))
 
     def enqueue_many(
         self, news: Sequence[NewJob], *, now: datetime | None = None
@@ -61,6 +72,21 @@ class JobRequests(JobReader):
         """Store several jobs in one transaction: all of them or none."""
         now = now or utcnow()
         return self._insert([(new, now) for new in news])
+
+    def _insert_and_place(
+        self, asked: Sequence[tuple[NewJob, datetime, bool]]
+    ) -> list[tuple[Job, bool, int | None]]:
+        """`_insert`, then the positions of the jobs whose callers asked for them (the third
+        of each item). A failed read of positions must not fail the write, which is committed:
+        a group that fails is written again item by item."""
+        made = self._insert([(new, now) for new, now, _ in asked])
+        placed = [job for (job, _), (_, _, place) in zip(made, asked, strict=True) if place]
+        try:
+            positions = self.positions(placed) if placed else {}
+        except SQLAlchemyError:
+            log.warning("positions of %d new jobs could not be read", len(placed), exc_info=True)
+            positions = {}
+        return [(job, created, positions.get(job.id)) for job, created in made]
 
     def _insert(self, news: Sequence[tuple[NewJob, datetime]]) -> list[tuple[Job, bool]]:
         """Insert in one transaction the jobs that have no twin under their idempotency key."""

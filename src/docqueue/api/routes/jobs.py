@@ -6,6 +6,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 
 from docqueue.api.deps import (
     FinishWatchDep,
@@ -16,11 +17,13 @@ from docqueue.api.deps import (
     StoreDep,
     Wait,
 )
+from docqueue.api.longpoll import FinishWatch
 from docqueue.api.problems import NOT_FINISHED, ProblemError, problem_responses
 from docqueue.api.schemas import JobOut, JobPageOut, JobSubmission, ResultOut, job_path
 from docqueue.api.submission import SubmissionDep, accept
-from docqueue.api.views import job_out
+from docqueue.api.views import job_out, job_response
 from docqueue.models import Job, JobState
+from docqueue.store import JobStore
 
 log = logging.getLogger("docqueue.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -59,15 +62,15 @@ SUBMIT_BODY: dict[str, Any] = {
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
     responses=problem_responses(
         404, 413, 415, 422, 429, ok={"model": JobOut, "description": "Finished within `wait`."}
     ),
     openapi_extra=SUBMIT_BODY,
 )
-def submit_job(
+async def submit_job(
     submission: SubmissionDep,
     request: Request,
-    response: Response,
     service: ServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -84,20 +87,28 @@ def submit_job(
             ),
         ),
     ] = None,
-) -> JobOut:
-    """Submit a job (JSON, or multipart with the file in `file`); 202 with its id at once."""
-    job, created = accept(service, submission, idempotency_key, settings.max_upload_bytes)
+) -> Response:
+    """Submit a job (JSON, or multipart with the file in `file`); 202 with its id at once.
+
+    An `async def`, unlike the other endpoints, because it pays: the busiest endpoint waits
+    for its write on the event loop instead of a thread of the pool (submission.py).
+    """
+    job, created, position = await accept(
+        service, submission, idempotency_key, settings.max_upload_bytes
+    )
     request.state.job_id = str(job.id)
+    headers = {"Location": job_path(job.id)}
     if created:
         metrics.submitted.labels(job.operation).inc()
         # Said on the request's own line (middleware.py): one line per submission, not two.
         request.state.log_note = f"accepted {job.operation} job in queue {job.queue}"
     else:
-        response.headers["Idempotent-Replayed"] = "true"
-    job = watch.wait(job, min(wait, settings.max_wait_seconds))
-    response.headers["Location"] = job_path(job.id)
-    response.status_code = status.HTTP_200_OK if job.status.finished else status.HTTP_202_ACCEPTED
-    return job_out(service.store, job)
+        headers["Idempotent-Replayed"] = "true"
+    seconds = min(wait, settings.max_wait_seconds)
+    if seconds > 0 and not job.status.finished:
+        job, position = await run_in_threadpool(_waited, service.store, watch, job, seconds)
+    code = status.HTTP_200_OK if job.status.finished else status.HTTP_202_ACCEPTED
+    return job_response(job, position, code, headers)
 
 
 @router.get("", responses=problem_responses(422))
@@ -121,13 +132,13 @@ def list_jobs(
     return JobPageOut(items=[JobOut.of(job) for job in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", responses=READ_PROBLEMS)
+@router.get("/{job_id}", response_model=JobOut, responses=READ_PROBLEMS)
 def get_job(
     job_id: JobId, store: StoreDep, settings: SettingsDep, watch: FinishWatchDep, wait: Wait = 0
-) -> JobOut:
+) -> Response:
     """One job; with `wait`, answer once it is finished or `wait` seconds have passed."""
     job = watch.wait(store.get(job_id), min(wait, settings.max_wait_seconds))
-    return job_out(store, job)
+    return job_response(job, store.position(job))
 
 
 @router.get("/{job_id}/result", responses=ACTION_PROBLEMS)
@@ -174,6 +185,14 @@ def delete_job(job_id: JobId, store: StoreDep) -> Response:
     store.forget_files(a.sha256 for a in removed)
     log.info("deleted with %d artifacts", len(removed), extra={"job_id": str(job_id)})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _waited(
+    store: JobStore, watch: FinishWatch, job: Job, seconds: float
+) -> tuple[Job, int | None]:
+    """The job once it has finished or `seconds` have passed, and its position then."""
+    job = watch.wait(job, seconds)
+    return job, store.position(job)
 
 
 def _tag(job: Job) -> dict[str, str]:
