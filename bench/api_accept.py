@@ -2,7 +2,8 @@
 
     python bench/api_accept.py [--small 5000] [--rate 500] [--uploads 300] [--concurrency 16]
                                [--load-processes 2] [--depth 2000] [--sleep-ms 5]
-                               [--api-processes 1] [--client raw|httpx] [--quick]
+                               [--api-processes 1] [--client raw|httpx]
+                               [--small-priority low|normal] [--quick]
 
 In one run, on this machine:
 1. `docqueue serve --concurrency 2` starts as a real process on a fresh home (SQLite, files on
@@ -10,13 +11,18 @@ In one run, on this machine:
 2. The workers are kept busy: `noop` jobs that sleep --sleep-ms each go straight into the store
    (up to 50 per transaction, so that this script's own writes hold SQLite's write lock no
    longer than a group of submissions does), and a thread of this script tops them up every
-   0.25 s so that about --depth jobs wait throughout; both worker children run jobs all along
+   0.25 s so that about --depth of them wait throughout; both worker children run jobs all along
    and the supervisor claims and completes in the same SQLite file the API writes to. After every phase
    the table shows the jobs the workers finished meanwhile and those still queued (more than 0:
    the workers never ran dry). The depth matters: each answer to a submission counts the jobs
    ahead of it (its `position`), so a deeper queue makes every submission dearer.
 3. small, closed loop: --concurrency clients send --small JSON submissions
-   `{"operation": "noop", "params": {}}` back to back: submissions/s and per-request latency.
+   `{"operation": "noop", "params": {}, "priority": "low"}` back to back: submissions/s and
+   per-request latency. At priority low they wait behind the backlog, like the uploads, so
+   that the workers' load is the backlog's whatever the API's rate. With --small-priority
+   normal they join it instead, and the workers also run them as they come: about 500 jobs/s
+   more that take no time, whose claims and outcomes the worker writes to the same SQLite file
+   in bursts.
 4. small, paced: --small more at a fixed --rate (an open loop); latency is timed from each
    request's scheduled send time, so a stall of the server or the client is counted, not hidden.
    This is the run to read against the target: >= 500 submissions/s with p99 < 50 ms.
@@ -64,7 +70,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.pdfs import build_pdf  # noqa: E402
 
-from docqueue.models import JobState, NewJob  # noqa: E402
+from docqueue.models import JobState, NewJob, Priority  # noqa: E402
 from docqueue.store import JobStore  # noqa: E402
 from docqueue.store.tables import jobs  # noqa: E402
 from server import (  # noqa: E402
@@ -100,6 +106,7 @@ class LoadSpec:
     threads: int
     rate: float | None  # requests/s over all processes; None: back to back
     client: str = "raw"  # small submissions: "raw" HTTP/1.1 sockets or "httpx"
+    priority: str = "low"  # of the small submissions
     pdf: bytes = b""
     nonce_base: int = 0
 
@@ -188,10 +195,11 @@ def main() -> None:
                     args.threads,
                     rate,
                     args.client,
+                    args.small_priority,
                     pdf if kind == "upload" else b"",
                     nonce_base=index * 10**9,
                 )
-                phases.append(measure(name, spec, server, store, len(pdf)))
+                phases.append(measure(name, spec, server, backlog, len(pdf)))
             backlog.stop.set()
             backlog.join()
             store.engine.dispose()
@@ -215,6 +223,12 @@ def parse_args() -> argparse.Namespace:
         choices=["raw", "httpx"],
         default="raw",
         help="small submissions over raw HTTP/1.1 sockets, or through httpx",
+    )
+    parser.add_argument(
+        "--small-priority",
+        choices=["low", "normal"],
+        default="low",
+        help="small submissions wait behind the backlog (low) or join it (normal)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args()
@@ -258,21 +272,31 @@ class Backlog(threading.Thread):
         while not self.stop.wait(TOP_UP_INTERVAL):
             self.top_up()
 
+    def queued(self) -> int:
+        """The queued jobs of normal priority: the backlog's (and the small submissions', when
+        they join it); not those that wait behind it."""
+        with self.store.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(
+                        jobs.c.status == JobState.QUEUED.value,
+                        jobs.c.priority == int(Priority.NORMAL),
+                    )
+                ).scalar_one()
+            )
+
     def top_up(self) -> None:
         """Queue what is missing, `TOP_UP_BATCH` jobs per transaction at most."""
-        with self.store.engine.connect() as conn:
-            queued = conn.execute(
-                select(func.count()).where(jobs.c.status == JobState.QUEUED.value)
-            ).scalar_one()
-        missing = self.depth - queued
+        missing = self.depth - self.queued()
         while missing > 0:
             size = min(TOP_UP_BATCH, missing)
             self.store.enqueue_many([NewJob("noop", self.params) for _ in range(size)])
             missing -= size
 
 
-def measure(name: str, spec: LoadSpec, server: Server, store: JobStore, size: int) -> Phase:
+def measure(name: str, spec: LoadSpec, server: Server, backlog: Backlog, size: int) -> Phase:
     """Run one phase of load and read the CPU and queue figures around it."""
+    store = backlog.store
     done_before = store.stats().total(JobState.SUCCEEDED)
     before: dict[str, float] = {}
 
@@ -300,7 +324,7 @@ def measure(name: str, spec: LoadSpec, server: Server, store: JobStore, size: in
         load_cpu=samples.cpu_seconds / seconds + used["bench"],
         machine_cpu=used["machine"],
         worker_done=stats.total(JobState.SUCCEEDED) - done_before,
-        still_queued=stats.total(JobState.QUEUED),
+        still_queued=backlog.queued(),
         paced=spec.rate is not None,
     )
 
@@ -344,7 +368,7 @@ def load_process(spec: LoadSpec, index: int, ready: Any, start_at: Any, results:
     lock = threading.Lock()
     samples = Samples()
     clients: list[Any] = [
-        RawClient(spec.url)
+        RawClient(spec.url, spec.priority)
         if spec.kind == "small" and spec.client == "raw"
         else httpx.Client(base_url=spec.url, timeout=REQUEST_TIMEOUT)
         for _ in range(spec.threads)
@@ -387,7 +411,7 @@ def send(client: Any, spec: LoadSpec, number: int) -> int:
         return client.post_small()
     try:
         if spec.kind == "small":
-            return client.post("/v1/jobs", json=SMALL_BODY).status_code
+            return client.post("/v1/jobs", json=small_body(spec.priority)).status_code
         nonce = b"nonce-%016d" % (spec.nonce_base + number)
         body = spec.pdf.replace(NONCE, nonce, 1)
         files = {"file": (f"upload-{number}.pdf", body, "application/pdf")}
@@ -395,6 +419,11 @@ def send(client: Any, spec: LoadSpec, number: int) -> int:
         return client.post("/v1/jobs", data=form, files=files).status_code
     except httpx.HTTPError:
         return 0
+
+
+def small_body(priority: str) -> dict[str, Any]:
+    """The JSON of a small submission."""
+    return {**SMALL_BODY, "priority": priority}
 
 
 class RawClient:
@@ -407,10 +436,10 @@ class RawClient:
     (the server sends every byte) but not parsed.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, priority: str) -> None:
         parts = urllib.parse.urlsplit(url)
         self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
-        body = json.dumps(SMALL_BODY).encode()
+        body = json.dumps(small_body(priority)).encode()
         head = (
             f"POST /v1/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -522,9 +551,11 @@ def print_table(phases: list[Phase], args: argparse.Namespace) -> None:
         )
     console.print(usage)
     console.print(
-        f"{os.cpu_count()} cores. server: the serve process (the API); load gen: the clients and "
+        f"{os.cpu_count()} cores; small submissions at priority {args.small_priority}. "
+        "server: the serve process (the API); load gen: the clients and "
         "this script; worker: the worker, its forkserver and children; other: the rest of the "
-        "machine meanwhile; queued: jobs still waiting at the end of the phase. The load "
+        "machine meanwhile; queued: the backlog's jobs still waiting at the end of the phase "
+        "(more than 0: the workers never ran dry). The load "
         "generator shares the cores with the server: its own cost lowers the figures above. "
         "Paced latencies count from each request's scheduled send time."
     )
