@@ -1,15 +1,13 @@
-"""Group commit: writes asked for at the same moment by many threads share one transaction.
+"""Group commit: writes asked for at the same moment by many callers share one transaction.
 
-A busy API has many submissions in flight, each on a thread of its own. Committed one by one,
-each pays for taking SQLite's write lock, and with `synchronous=FULL` for a sync of the log, and
-the threads queue up on SQLite's busy handler, which sleeps for longer and longer steps. Here the
+A busy API or application has many submissions in flight at once. Committed one by one, each
+pays for taking SQLite's write lock, and with `synchronous=FULL` for a sync of the log, and
+the writers queue up on SQLite's busy handler, which sleeps for longer and longer steps. Here the
 first caller becomes the leader and writes whatever has gathered meanwhile in one transaction;
 the others wait for their own outcome. When the leader is done, the oldest waiting caller leads
 the next group, so that no caller writes for others indefinitely. A caller alone writes at once,
 on its own thread, with nothing to wait for.
 
-Each item keeps its own outcome: when the shared transaction fails, every item of the group is
-written again alone, so an error (a full queue, say) reaches only the caller it belongs to.
 Each item keeps its own outcome: when the shared transaction fails, every item of the group is
 written again alone, so an error (a full queue, say) reaches only the caller it belongs to.
 
