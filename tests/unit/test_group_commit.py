@@ -173,3 +173,50 @@ def test_a_cancelled_loop_caller_is_written_and_the_others_answered() -> None:
 
     assert asyncio.run(cancel_one()) == [1, -1, 2, 3]
     assert written == [-1, 0, 1, 2, 3]
+
+
+class Interrupted(BaseException):
+    """Not an Exception: what a write may raise that is not its item's error."""
+
+
+def test_the_own_thread_outlives_what_its_lead_raises() -> None:
+    """A write raises on the GroupCommit's own thread while another loop caller waits: that
+    caller is written next, and later callers, on the loop or on a thread, still are."""
+    started = threading.Event()
+
+    def write(items: Sequence[int]) -> list[int]:
+        if 1 in items:
+            started.set()
+            time.sleep(0.05)
+            raise Interrupted
+        return list(items)
+
+    grouped = GroupCommit(write)
+
+    async def callers() -> list[int]:
+        first = asyncio.ensure_future(grouped.call_async(1))
+        await asyncio.to_thread(started.wait, 5)
+        second = asyncio.ensure_future(grouped.call_async(2))
+        with pytest.raises(Interrupted):
+            await first
+        return [await asyncio.wait_for(second, 5), await grouped.call_async(3)]
+
+    assert asyncio.run(callers()) == [2, 3]
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(grouped, 4).result(timeout=5) == 4
+
+
+def test_a_loop_caller_gets_a_stop_iteration_as_a_runtime_error() -> None:
+    """A future refuses StopIteration as its exception: the caller gets a RuntimeError that
+    names it instead of waiting forever."""
+
+    def write(items: Sequence[int]) -> list[int]:
+        raise StopIteration
+
+    grouped = GroupCommit(write)
+
+    async def caller() -> None:
+        await asyncio.wait_for(grouped.call_async(1), 5)
+
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        asyncio.run(caller())

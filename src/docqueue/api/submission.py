@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import unicodedata
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import IO, Annotated, Any
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from docqueue.api.problems import TOO_LARGE, UNSUPPORTED, ProblemError
 from docqueue.api.schemas import JobSubmission
 from docqueue.errors import InvalidJob, NotFound, UnsupportedMediaType
-from docqueue.models import Artifact, Job
+from docqueue.models import Artifact, Job, NewJob
 from docqueue.processors import Processor
 from docqueue.service import DocumentQueueService
 from docqueue.storage import CHUNK, sniff_media_type
@@ -35,19 +35,33 @@ MAX_FORM_FIELDS = len(JobSubmission.model_fields) + 1
 TOO_DEEP = "the JSON is nested too deeply to read; flatten it"
 
 
+#: Submissions whose JSON (a body, or a form's params) is larger are checked and answered on a
+#: thread of the pool: walking megabytes of params would stall the event loop, and every
+#: request it serves, for a second and more.
+ON_LOOP_BYTES = 64 * 1024
+
+
 @dataclass
 class Submission:
-    """A parsed submission: its fields and, from a multipart form, the uploaded file."""
+    """A parsed submission: its fields, from a multipart form the uploaded file, and the size of
+    its JSON (the body, or the form's params)."""
 
     fields: JobSubmission
     upload: UploadFile | None = None
+    json_bytes: int = 0
+
+    @property
+    def large(self) -> bool:
+        """True when its params are too large to check on the event loop."""
+        return self.json_bytes > ON_LOOP_BYTES
 
 
 async def read_submission(request: Request) -> AsyncIterator[Submission]:
     """Parse the body by its content type; an uploaded file is closed once the request is done."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
-        yield Submission(_validated(_json_object(await _small_body(request))))
+        body = await _small_body(request)
+        yield Submission(_validated(_json_object(body)), json_bytes=len(body))
         return
     if media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise ProblemError(
@@ -57,8 +71,9 @@ async def read_submission(request: Request) -> AsyncIterator[Submission]:
         )
     form = await _form(request)
     try:
+        params = form.get("params")
         upload, raw = _split_form(form)
-        yield Submission(_validated(raw), upload)
+        yield Submission(_validated(raw), upload, len(params) if isinstance(params, str) else 0)
     finally:
         await form.close()
 
@@ -165,20 +180,14 @@ async def accept(
     """Validate, store the input, enqueue: the job, True when it was made (not an idempotent
     replay), and its position in its queue.
 
-    Runs on the event loop, which goes on serving while the job is written (group.py); only a
-    file to store or look up takes a trip to the thread pool.
+    Runs on the event loop, which goes on serving while the job is written (group.py); a file
+    to store or look up, or large params, take a trip to the thread pool.
     """
     fields = submission.fields
     processor = service.registry.get(fields.operation)
-    service.registry.validate(fields.operation, fields.params)  # refuse before storing a byte
-    uploaded: tuple[Artifact, ...] = ()
-    if submission.upload is None and fields.input_artifact is None:
-        inputs = _no_input(processor)
-    else:
-        inputs = await run_in_threadpool(_inputs, service, processor, submission, max_bytes)
-        uploaded = inputs if submission.upload is not None else ()
-    try:
-        new = service.new_job(
+
+    def prepare(inputs: tuple[Artifact, ...]) -> NewJob:
+        return service.new_job(
             fields.operation,
             fields.params,
             fields.priority,
@@ -189,6 +198,17 @@ async def accept(
             idempotency_key=idempotency_key,
             max_attempts=fields.max_attempts,
         )
+
+    uploaded: tuple[Artifact, ...] = ()
+    if submission.upload is not None or fields.input_artifact is not None:
+        new, uploaded = await run_in_threadpool(
+            _prepare_with_input, service, processor, submission, max_bytes, prepare
+        )
+    elif submission.large:
+        new = await run_in_threadpool(_prepare_without_input, processor, prepare)
+    else:
+        new = _prepare_without_input(processor, prepare)
+    try:
         job, created, position = await service.store.enqueue_async(new)
     except Exception:
         # (A request cancelled meanwhile leaves an unnamed upload to the sweep of unused files.)
@@ -199,20 +219,41 @@ async def accept(
     return job, created, position
 
 
-async def _forget(service: DocumentQueueService, uploaded: tuple[Artifact, ...]) -> None:
-    """Remove the bytes of an upload whose job was not made, unless another job names them."""
-    if uploaded:
-        await run_in_threadpool(service.forget_unused, uploaded)
-
-
-def _no_input(processor: Processor) -> tuple[Artifact, ...]:
-    """No file was sent nor named: right for an operation that takes none."""
+def _prepare_without_input(
+    processor: Processor, prepare: Callable[[tuple[Artifact, ...]], NewJob]
+) -> NewJob:
+    """The checked job of a submission that sent no file and named none."""
     if processor.takes_file:
         raise InvalidJob(
             f"operation {processor.name!r} needs an input file ({', '.join(processor.accepts)}); "
             "send it as `file` in a multipart form, or name a stored one in input_artifact"
         )
-    return ()
+    return prepare(())
+
+
+def _prepare_with_input(
+    service: DocumentQueueService,
+    processor: Processor,
+    submission: Submission,
+    max_bytes: int,
+    prepare: Callable[[tuple[Artifact, ...]], NewJob],
+) -> tuple[NewJob, tuple[Artifact, ...]]:
+    """The checked job of a submission with a file, and the upload stored for it (none for a
+    stored file it names). Params are checked before a byte is stored."""
+    service.registry.validate(submission.fields.operation, submission.fields.params)
+    inputs = _inputs(service, processor, submission, max_bytes)
+    uploaded = inputs if submission.upload is not None else ()
+    try:
+        return prepare(inputs), uploaded
+    except BaseException:
+        service.forget_unused(uploaded)
+        raise
+
+
+async def _forget(service: DocumentQueueService, uploaded: tuple[Artifact, ...]) -> None:
+    """Remove the bytes of an upload whose job was not made, unless another job names them."""
+    if uploaded:
+        await run_in_threadpool(service.forget_unused, uploaded)
 
 
 def _inputs(

@@ -137,11 +137,17 @@ class GroupCommit(Generic[Item, Result]):
         self._lead_here.set()
 
     def _lead_for_loops(self) -> None:
-        """The own thread: lead a group whenever asked (a caller on an event loop is oldest)."""
+        """The own thread: lead a group whenever asked (a caller on an event loop is oldest).
+
+        What a lead raises has reached its group's callers already, and the lead has been
+        handed on, perhaps to this thread again: it must live on, or the callers after it
+        would wait forever.
+        """
         while True:
             self._lead_here.wait()
             self._lead_here.clear()
-            self._lead()
+            with suppress(BaseException):
+                self._lead()
 
     def _commit(self, group: list[_Slot[Item, Result]]) -> None:
         """One transaction for the group; when it fails, one for each item."""
@@ -177,7 +183,9 @@ def _resolve(slots: list[_Slot[Item, Result]]) -> None:
         assert slot.future is not None
         if slot.future.done():  # the caller was cancelled meanwhile
             continue
-        if slot.error is not None:
+        if isinstance(slot.error, StopIteration):  # a future refuses it as an exception
+            slot.future.set_exception(RuntimeError(f"the write raised {slot.error!r}"))
+        elif slot.error is not None:
             slot.future.set_exception(slot.error)
         else:
             slot.future.set_result(slot.result)  # type: ignore[arg-type]

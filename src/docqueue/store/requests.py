@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
 from docqueue.errors import Conflict, FileRemoved, IdempotencyKeyReused, NotFound, QueueFull
@@ -77,13 +77,13 @@ class JobRequests(JobReader):
         self, asked: Sequence[tuple[NewJob, datetime, bool]]
     ) -> list[tuple[Job, bool, int | None]]:
         """`_insert`, then the positions of the jobs whose callers asked for them (the third
-        of each item). A failed read of positions must not fail the write, which is committed:
-        a group that fails is written again item by item."""
+        of each item). Nothing may fail once the write is committed: a group that fails is
+        written again item by item. A failed read of positions leaves them unknown."""
         made = self._insert([(new, now) for new, now, _ in asked])
         placed = [job for (job, _), (_, _, place) in zip(made, asked, strict=True) if place]
         try:
             positions = self.positions(placed) if placed else {}
-        except SQLAlchemyError:
+        except Exception:
             log.warning("positions of %d new jobs could not be read", len(placed), exc_info=True)
             positions = {}
         return [(job, created, positions.get(job.id)) for job, created in made]

@@ -108,6 +108,8 @@ async def submit_job(
     if seconds > 0 and not job.status.finished:
         job, position = await run_in_threadpool(_waited, service.store, watch, job, seconds)
     code = status.HTTP_200_OK if job.status.finished else status.HTTP_202_ACCEPTED
+    if submission.large:  # its answer holds the params: made off the loop, as they were checked
+        return await run_in_threadpool(job_response, job, position, code, headers)
     return job_response(job, position, code, headers)
 
 
