@@ -85,7 +85,7 @@ class DocumentQueueService:
         self.registry.validate(operation, params or {})  # refuse bad params before storing
         inputs = () if document is None else (self.store_document(document, name),)
         try:
-            job, _created = self.submit(
+            new = self.new_job(
                 operation,
                 params,
                 priority,
@@ -96,37 +96,11 @@ class DocumentQueueService:
                 idempotency_key=idempotency_key,
                 max_attempts=max_attempts,
             )
+            job, _created = self.store.enqueue(new)
         except BaseException:
             self.forget_unused(inputs)
             raise
         return job
-
-    def submit(
-        self,
-        operation: str,
-        params: JSON | None = None,
-        priority: int | str = Priority.NORMAL,
-        *,
-        inputs: tuple[Artifact, ...] = (),
-        queue: str | None = None,
-        run_at: datetime | None = None,
-        delay: float | None = None,
-        idempotency_key: str | None = None,
-        max_attempts: int | None = None,
-    ) -> tuple[Job, bool]:
-        """Queue `operation` on input files already in storage; False when the key named a job."""
-        new = self.new_job(
-            operation,
-            params,
-            priority,
-            inputs=inputs,
-            queue=queue,
-            run_at=run_at,
-            delay=delay,
-            idempotency_key=idempotency_key,
-            max_attempts=max_attempts,
-        )
-        return self.store.enqueue(new)
 
     def new_job(
         self,
@@ -141,7 +115,7 @@ class DocumentQueueService:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> NewJob:
-        """The job `submit` stores, checked: known operation, valid params, a sane time."""
+        """A job to store, checked: a known operation, valid params, a sane time to run."""
         processor = self.registry.get(operation)
         clean = self._limited(processor, self.registry.validate(operation, params or {}))
         if delay is not None:

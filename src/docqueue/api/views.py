@@ -7,14 +7,13 @@ from collections.abc import Mapping
 from fastapi import Response, status
 
 from docqueue.api.schemas import JobOut
-from docqueue.models import WAITING_STATES, Job
+from docqueue.models import Job
 from docqueue.store import JobStore
 
 
 def job_out(store: JobStore, job: Job) -> JobOut:
     """The API view of `job`, with its position when it waits in its queue."""
-    position = store.position(job) if job.status in WAITING_STATES else None
-    return JobOut.of(job, position)
+    return JobOut.of(job, store.position(job))
 
 
 def job_response(

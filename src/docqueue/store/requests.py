@@ -82,7 +82,7 @@ class JobRequests(JobReader):
         made = self._insert([(new, now) for new, now, _ in asked])
         placed = [job for (job, _), (_, _, place) in zip(made, asked, strict=True) if place]
         try:
-            positions = self.positions(placed) if placed else {}
+            positions = self.positions(placed)
         except Exception:
             log.warning("positions of %d new jobs could not be read", len(placed), exc_info=True)
             positions = {}
