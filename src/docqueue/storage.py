@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ __all__ = [
     "sniff_media_type",
 ]
 
+log = logging.getLogger("docqueue.storage")
 CHUNK = 1 << 20
 #: Bytes a remote upload buffers in memory before sending a part (5 MiB is S3's smallest part).
 UPLOAD_PART = 5 << 20
@@ -384,9 +386,21 @@ class BackgroundPublisher:
             return outcome
         return Failed(ErrorInfo(type(error).__name__, f"an output could not be stored: {error}"))
 
+    def then(self, callback: Callable[[], object]) -> None:
+        """Run `callback` on the publisher's thread once everything submitted before it is
+        published (the thread takes its work in order)."""
+        self.pool.submit(callback).add_done_callback(_log_failure)
+
     def close(self) -> None:
         """Finish what was submitted and stop the thread."""
         self.pool.shutdown(wait=True)
+
+
+def _log_failure(future: Future[object]) -> None:
+    """Log the error a callback run by the publisher raised: nobody waits for its result."""
+    error = future.exception()
+    if error is not None:
+        log.error("a callback after publishing failed: %s", error, exc_info=error)
 
 
 def _chunks(source: Iterable[bytes] | IO[bytes]) -> Iterator[bytes]:

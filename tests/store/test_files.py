@@ -136,7 +136,7 @@ def test_a_removal_waits_for_a_commit_naming_the_bytes(
             assert gone_from(conn, storage, {shared.sha256}) == set()
             naming.set()
             release.wait(10)
-            add_artifacts(conn, job.id, [shared], utcnow())
+            add_artifacts(conn, [(job.id, [shared])], utcnow())
 
     committer = threading.Thread(target=commit_naming)
     committer.start()

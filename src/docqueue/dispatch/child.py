@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -56,11 +57,16 @@ def child_main(
 ) -> None:
     """Serve chunks of jobs from `conn` until it closes or says None.
 
-    `slot` tells the supervisor which job of the chunk runs and since when (index, wall time),
-    without a message per job: that is what its timeouts and crash accounting read. Its third
-    value is the supervisor's: the index of a job to stop (cancelled, or its lease lost), so
-    that a cancellation stops that job and none of those after it. `running` is the number of
-    the supervisor's children that hold jobs: a job's math takes the cores the others leave.
+    `slot` tells the supervisor which job runs and since when (its sequence number among the
+    jobs this child was handed, and the wall time; 0.0 between chunks), without a message per
+    job: that is what its timeouts and crash accounting read. Its third value is the
+    supervisor's: the number of a job to stop (cancelled, or its lease lost), so that a
+    cancellation stops that job and none of those after it. `running` is the number of the
+    supervisor's children that hold jobs: a job's math takes the cores the others leave.
+
+    After a chunk the child says "ran" and takes the next one at once; the chunk's outcomes
+    follow ("done") from the publisher's thread once its outputs are durable, so the disk's
+    syncs overlap the next chunk's work instead of holding the child.
     """
     # The supervisor decides when children stop; Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -71,9 +77,8 @@ def child_main(
     configure_logging(settings)
     retain_freed_memory()
     storage = Storage(settings.resolved_storage_url)
-    # Outputs are made durable on a thread while the next job of the chunk runs; the chunk's
-    # outcomes go back once they all are.
     publisher = BackgroundPublisher(storage)
+    send = _locked_sender(conn)
     cores = available_cores()
     runner = Runner(
         builtin_registry(settings.imports),
@@ -82,19 +87,42 @@ def child_main(
         cpu_threads=lambda: fair_share(cores, running.value),
     )
     runner.resources.warm_up()
+    number = 0
     try:
         while (chunk := _next_chunk(conn)) is not None:
             outcomes = []
-            for index, task in enumerate(chunk):
-                slot[0], slot[1] = index, time.time()
-                outcomes.append(run_task(conn, runner, task, partial(_stopped, slot, index)))
-            settled = [
-                (job_id, attempt, publisher.settle(job_id, outcome))
-                for job_id, attempt, outcome in outcomes
-            ]
-            conn.send(("done", settled))
+            for task in chunk:
+                with slot.get_lock():
+                    slot[0], slot[1] = number, time.time()
+                outcomes.append(run_task(send, runner, task, partial(_stopped, slot, number)))
+                number += 1
+            with slot.get_lock():
+                slot[1] = 0.0
+            send(("ran",))
+            publisher.then(partial(_report, send, publisher, outcomes))
     finally:
         publisher.close()
+
+
+def _locked_sender(conn: Connection) -> Callable[[object], None]:
+    """`conn.send` for two threads: the job's progress and "ran" come from the main thread,
+    "done" from the publisher's."""
+    lock = threading.Lock()
+
+    def send(message: object) -> None:
+        with lock:
+            conn.send(message)
+
+    return send
+
+
+def _report(
+    send: Callable[[object], None],
+    publisher: BackgroundPublisher,
+    outcomes: list[tuple[UUID, int, Outcome]],
+) -> None:
+    """On the publisher's thread, once a chunk's outputs are published: its outcomes."""
+    send(("done", [(job_id, n, publisher.settle(job_id, out)) for job_id, n, out in outcomes]))
 
 
 def _next_chunk(conn: Connection) -> list[Task] | None:
@@ -106,13 +134,13 @@ def _next_chunk(conn: Connection) -> list[Task] | None:
     return chunk
 
 
-def _stopped(slot: SynchronizedArray[float], index: int) -> bool:
-    """True when the supervisor asked the child to stop the job at `index` of its chunk."""
-    return int(slot[2]) == index
+def _stopped(slot: SynchronizedArray[float], number: int) -> bool:
+    """True when the supervisor asked the child to stop its job `number`."""
+    return int(slot[2]) == number
 
 
 def run_task(
-    conn: Connection, runner: Runner, task: Task, is_cancelled: Callable[[], bool]
+    send: Callable[[object], None], runner: Runner, task: Task, is_cancelled: Callable[[], bool]
 ) -> tuple[UUID, int, Outcome]:
     """Run one job, sending its progress back; return its outcome."""
     job, inputs = task
@@ -125,7 +153,7 @@ def run_task(
         now = time.monotonic()
         if now - last_report >= PROGRESS_INTERVAL:
             last_report = now
-            conn.send(("progress", job.id, job.attempt, fraction, message))
+            send(("progress", job.id, job.attempt, fraction, message))
 
     try:
         outcome: Outcome = runner.execute(job, inputs, progress=progress, is_cancelled=is_cancelled)

@@ -135,7 +135,7 @@ class Supervisor:
             return self._store_down(exc)
         self._assign()
         busy = [c for c in self.children if c.busy]
-        self.running.value = len(busy)
+        self.running.value = sum(1 for c in self.children if not c.ready)
         if self.stopping and (not busy or time.monotonic() >= (self.timers.stop_by or 0)):
             return False
         if not self.stopping and self.burst and not busy and self._drained():
@@ -262,7 +262,7 @@ class Supervisor:
         `prefetch_seconds` of work per child, so a job claimed ahead never waits long; jobs
         longer than that are claimed one per free child.
         """
-        idle = sum(1 for c in self.children if not c.busy)
+        idle = sum(1 for c in self.children if c.ready)
         ahead = self.settings.concurrency * self.settings.prefetch_seconds
         prefetch = min(self.prefetch, self._jobs_within(ahead))
         if len(self.buffer) >= idle and len(self.buffer) > prefetch // 2:
@@ -279,7 +279,7 @@ class Supervisor:
             return False
         if self.stopping or not any(c.busy for c in self.children):
             return True
-        if not self.buffer and any(not c.busy for c in self.children):
+        if not self.buffer and any(c.ready for c in self.children):
             return True  # nothing left to hand out: the next claim is not coming soon
         return time.monotonic() >= self.timers.flush_by
 
@@ -290,14 +290,14 @@ class Supervisor:
 
     def _has_room(self) -> bool:
         """True when a child could take a job now."""
-        return not self.stopping and any(not c.busy for c in self.children)
+        return not self.stopping and any(c.ready for c in self.children)
 
     def _assign(self) -> None:
         """Hand buffered jobs to idle children: one each, or chunks of short jobs. Once stopping,
         none: jobs not started go back to the queue for other workers."""
         if self.stopping:
             return
-        idle = [c for c in self.children if not c.busy]
+        idle = [c for c in self.children if c.ready and self._room_left(c) != 0]
         for child in idle:
             if not self.buffer:
                 return
@@ -305,9 +305,15 @@ class Supervisor:
             if self._short_jobs():  # at most prefetch_seconds of work, to keep some for the rest
                 most = self._jobs_within(self.settings.prefetch_seconds)
                 size = max(1, min(MAX_CHUNK, most, len(self.buffer) // len(idle)))
-            if self.settings.max_jobs_per_child:
-                size = min(size, max(1, self.settings.max_jobs_per_child - child.jobs_run))
+            if (room := self._room_left(child)) is not None:
+                size = min(size, room)
             child.assign([self.buffer.popleft() for _ in range(min(size, len(self.buffer)))])
+
+    def _room_left(self, child: ChildHandle) -> int | None:
+        """How many more jobs `child` may be handed before it is replaced (max_jobs_per_child);
+        None when there is no limit."""
+        limit = self.settings.max_jobs_per_child
+        return max(0, limit - child.jobs_run - len(child.tasks)) if limit else None
 
     def _timeout(self, job: Job) -> float:
         """The job's own timeout, else its processor's, else the setting."""
@@ -355,20 +361,18 @@ class Supervisor:
                 return  # the child died; its sentinel tells the rest
             if message[0] == "progress":
                 self.pending.progress.append(message[1:])
+            elif message[0] == "ran":
+                self.average_run = 0.8 * self.average_run + 0.2 * child.ran()
             else:
                 self._finished(child, message[1])
 
     def _finished(self, child: ChildHandle, outcomes: list[tuple[UUID, int, Outcome]]) -> None:
-        """A child ran its chunk: queue the outcomes for the next commit."""
+        """A child's chunk is done, its outputs durable: queue the outcomes for the next commit."""
         if not self.pending.completions:
             self.timers.flush_by = time.monotonic() + GROUP_COMMIT_WINDOW
         self.pending.completions += [Completion(*outcome) for outcome in outcomes]
-        took = (time.monotonic() - child.assigned_at) / len(outcomes)
-        self.average_run = 0.8 * self.average_run + 0.2 * took
-        child.tasks = []
-        child.jobs_run += len(outcomes)
-        limit = self.settings.max_jobs_per_child
-        if limit and child.jobs_run >= limit and not self.stopping:
+        child.reported(len(outcomes))
+        if self._room_left(child) == 0 and not child.busy and not self.stopping:
             child.stop()
             self._replace(child)
 
@@ -410,10 +414,9 @@ class Supervisor:
         """Kill children past their job's timeout, or past the grace after a cancellation."""
         now = time.monotonic()
         for child in list(self.children):
-            running = child.current()
-            if running is None:
+            if (current := child.running()) is None:
                 continue
-            _, started = child.position()
+            running, started = current
             timeout = self._timeout(running)
             if child.kill_at is not None and not child.runs_stopped_job():
                 child.kill_at = None  # the stopped job ended in time; the child went on

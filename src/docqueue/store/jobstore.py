@@ -322,8 +322,7 @@ class JobStore(JobRequests):
         wins = [c for c in recordable if isinstance(c.outcome, Succeeded)]
         if wins:
             ours = self._succeed(conn, wins, now)
-            for c in ours:
-                add_artifacts(conn, c.job_id, _artifacts(c), now)
+            add_artifacts(conn, [(c.job_id, _artifacts(c)) for c in ours], now)
             done.update({(c.job_id, c.attempt): None for c in wins})
             done.update({(c.job_id, c.attempt): JobState.SUCCEEDED for c in ours})
         for c in recordable:
@@ -409,7 +408,7 @@ class JobStore(JobRequests):
         if row is None:
             return None
         if isinstance(outcome, Succeeded):
-            add_artifacts(conn, c.job_id, outcome.artifacts, now)
+            add_artifacts(conn, [(c.job_id, outcome.artifacts)], now)
         add_event(conn, c.job_id, row.status, now, {"attempt": c.attempt})
         return JobState(row.status)
 

@@ -30,10 +30,13 @@ def add_events(conn: Connection, entries: Sequence[tuple[UUID, str, JSON]], at: 
         )
 
 
-def add_artifacts(conn: Connection, job_id: UUID, items: Sequence[Artifact], now: datetime) -> None:
-    """Rows for the files a job read or wrote."""
-    if items:
-        conn.execute(INSERT_ARTIFACT, artifact_rows(job_id, items, now))
+def add_artifacts(
+    conn: Connection, files: Sequence[tuple[UUID, Sequence[Artifact]]], now: datetime
+) -> None:
+    """Rows for the files jobs read or wrote, (job id, its files) each, in one statement."""
+    rows = [row for job_id, items in files for row in artifact_rows(job_id, items, now)]
+    if rows:
+        conn.execute(INSERT_ARTIFACT, rows)
 
 
 def artifact_rows(job_id: UUID, items: Sequence[Artifact], now: datetime) -> list[dict[str, Any]]:
