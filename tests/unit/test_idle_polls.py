@@ -113,6 +113,33 @@ def test_a_long_poll_reads_the_store_only_when_something_was_committed(store: Jo
         assert idle_reads == 1
 
 
+def test_a_long_poll_reads_less_often_while_commits_bring_its_waiter_nothing(
+    store: JobStore,
+) -> None:
+    """A waiter on a job nobody touches while other jobs are committed every few milliseconds
+    for 1.5 s (a busy worker): after PATIENCE reads that find nothing, the reader slows down
+    to a read every SLOWEST at most, where it would read every INTERVAL (or POLL) throughout;
+    the commit that finishes the job still wakes its waiter."""
+    job, _ = store.enqueue(NewJob("noop"))
+    watch = FinishWatch(store)
+    reads = statements(store, "status NOT IN")
+    answer: list[JobState] = []
+    waiter = threading.Thread(target=lambda: answer.append(watch.wait(job, 30).status))
+    waiter.start()
+    wait_for_read(reads, 0)
+    ends = time.monotonic() + 1.5
+    while time.monotonic() < ends:
+        store.enqueue(NewJob("noop", priority=0))
+        time.sleep(0.005)
+    busy_reads = len(reads)
+    finish(store, job)
+    waiter.join(10)
+    assert answer == [JobState.SUCCEEDED]
+    assert busy_reads <= FinishWatch.PATIENCE + 1.5 / FinishWatch.SLOWEST + 5
+    # Every INTERVAL (10 ms) or POLL (25 ms) it would read 60 times or more.
+    assert busy_reads < 1.5 / max(FinishWatch.INTERVAL, FinishWatch.POLL) / 2
+
+
 def wait_for_read(reads: list[str], after: int) -> None:
     """Until the store was read more than `after` times (a reader's round went by)."""
     deadline = time.monotonic() + 10

@@ -10,7 +10,9 @@ waits. Server-sent event streams are served the same way by `EventFeed`. On SQLi
 wait for a commit (`CommitWatch`) rather than polling, so a finished job is answered as soon as
 its commit lands, and they skip their query while nothing was committed since their last one
 (`SqliteChanges`), unless a new waiter came meanwhile: its job may have finished before it
-registered.
+registered. While commits keep coming and bring the waiters nothing (a busy worker, jobs far
+from done), the reads slow down to one every `SLOWEST`, until a read finds something or a
+new waiter comes.
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ class _Reader(Generic[Wanted]):
     #: Longest wait for a commit before a round looks anyway (a commit is seen by its watch at
     #: once; this only bounds a wait the watch could not end, for a log file made meanwhile).
     IDLE = 1.0
+    #: Reads in a row that find nothing for anybody, after which the pause between reads
+    #: doubles, up to SLOWEST. While a worker commits many times a second and the awaited jobs
+    #: are not near their end, each commit would otherwise cost a read (up to 1/INTERVAL a
+    #: second: on a 2-core machine, a few percent of a core taken from the workers). A new
+    #: waiter, or a read that finds something, brings the pause back to INTERVAL (or POLL).
+    PATIENCE = 10
+    #: Longest pause between two reads while anybody waits: the most a waiter's answer can lag
+    #: its commit once reads have slowed down.
+    SLOWEST: float
     #: Who reads, for the thread's name and the log.
     NAME: str
 
@@ -62,6 +73,8 @@ class _Reader(Generic[Wanted]):
         self._running = False
         #: Somebody registered since the last read: read even if nothing was committed.
         self._fresh = False
+        #: Set by `_registered`: ends the reader's pause between reads.
+        self._nudge = threading.Event()
         #: The running thread's watch, which `_registered` wakes.
         self._commits: CommitWatch | None = None
 
@@ -71,20 +84,29 @@ class _Reader(Generic[Wanted]):
         if not self._running:
             self._running = True
             threading.Thread(target=self._rounds, name=f"docqueue-{self.NAME}", daemon=True).start()
-        elif self._commits is not None:
+            return
+        self._nudge.set()
+        if self._commits is not None:
             self._commits.wake()
 
     def _rounds(self) -> None:
-        """Until nobody waits: after each commit (or every INTERVAL without a watch), and at
-        most every INTERVAL, read for all the waiters at once."""
+        """Until nobody waits: after each commit (or every POLL without a watch), and at most
+        every INTERVAL (more slowly after PATIENCE reads that found nothing), read for all the
+        waiters at once."""
         engine = self.store.engine
         with watch(SqliteChanges, engine) as changes, watch(CommitWatch, engine) as commits:
             with self._lock:
                 self._commits = commits
             last_read = 0.0
+            idle_reads = 0
             while True:
                 gap = self.INTERVAL if commits is not None else self.POLL
-                time.sleep(max(0.0, last_read + gap - time.monotonic()))
+                doublings = min(max(0, idle_reads - self.PATIENCE), 10)
+                slower = min(gap * 2**doublings, self.SLOWEST)
+                # A new waiter cuts a slow pause short: its job may have finished already.
+                if self._nudge.wait(max(0.0, last_read + max(gap, slower) - time.monotonic())):
+                    self._nudge.clear()
+                    time.sleep(max(0.0, last_read + gap - time.monotonic()))
                 if commits is not None and not self._fresh:
                     # Until a commit; while one seen written may land, a short pause.
                     commits.wait(commits.landing_pause() or self.IDLE)
@@ -99,19 +121,22 @@ class _Reader(Generic[Wanted]):
                     continue
                 last_read = time.monotonic()
                 try:
-                    self._read(wanted)
+                    found = self._read(wanted)
                 except Exception:  # the waiters wait for the next round; the reader goes on
                     log.warning(
                         "the %s reader could not read the job store", self.NAME, exc_info=True
                     )
                     self._fresh = True  # read again next round, changed or not
+                    found = False
+                idle_reads = 0 if found or fresh else idle_reads + 1
 
     def _wanted(self) -> Wanted:
         """What the waiters want read (called with the lock held); empty when nobody waits."""
         raise NotImplementedError
 
-    def _read(self, wanted: Wanted) -> None:
-        """Read `wanted` from the store and hand it to the waiters."""
+    def _read(self, wanted: Wanted) -> bool:
+        """Read `wanted` from the store and hand it to the waiters; True when anybody got
+        something."""
         raise NotImplementedError
 
 
@@ -120,6 +145,7 @@ class FinishWatch(_Reader[list[UUID]]):
 
     INTERVAL = 0.01
     POLL = 0.025
+    SLOWEST = 0.1
     NAME = "long-poll"
 
     def __init__(self, store: JobStore) -> None:
@@ -149,13 +175,14 @@ class FinishWatch(_Reader[list[UUID]]):
         """The watched jobs."""
         return list(self._waiters)
 
-    def _read(self, wanted: list[UUID]) -> None:
+    def _read(self, wanted: list[UUID]) -> bool:
         """Wake the waiters of the jobs that are done."""
         done = self.store.settled(wanted)
         with self._lock:
             for job_id in done:
                 for event in self._waiters.get(job_id, ()):
                     event.set()
+        return bool(done)
 
 
 @dataclass
@@ -179,6 +206,7 @@ class EventFeed(_Reader[dict[UUID, int]]):
 
     INTERVAL = 0.05
     POLL = 0.25
+    SLOWEST = 0.25
     NAME = "events"
 
     def __init__(self, store: JobStore) -> None:
@@ -232,20 +260,23 @@ class EventFeed(_Reader[dict[UUID, int]]):
             job_id: min(f.after for f in followers) for job_id, followers in self._followers.items()
         }
 
-    def _read(self, wanted: dict[UUID, int]) -> None:
+    def _read(self, wanted: dict[UUID, int]) -> bool:
         """Hand each stream its job's new events, and whether it finished."""
         finished, newer = self.store.timelines(wanted)
+        offered = False
         with self._lock:
             for job_id, followers in self._followers.items():
                 for follower in followers:
-                    self._offer(follower, newer.get(job_id, []), job_id in finished)
+                    offered |= self._offer(follower, newer.get(job_id, []), job_id in finished)
+        return offered
 
     @staticmethod
-    def _offer(follower: _Follower, events: list[JobEvent], finished: bool) -> None:
-        """Hand a stream the events it has not had yet (called with the lock held)."""
+    def _offer(follower: _Follower, events: list[JobEvent], finished: bool) -> bool:
+        """Hand a stream the events it has not had yet (called with the lock held); True when
+        there were any, or its job finished."""
         fresh = [event for event in events if event.id > follower.after]
         if not fresh and not finished:
-            return
+            return False
         if fresh:
             follower.events += fresh
             follower.after = fresh[-1].id
@@ -254,6 +285,7 @@ class EventFeed(_Reader[dict[UUID, int]]):
             follower.loop.call_soon_threadsafe(follower.wake.set)
         except RuntimeError:  # its event loop has closed: nobody reads this stream any more
             follower.finished = True
+        return True
 
 
 def _changed(changes: SqliteChanges | None) -> bool:
