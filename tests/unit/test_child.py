@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
 
+from docqueue.dispatch.local import Supervisor
 from docqueue.dispatch.pool import ChildHandle
 from docqueue.models import Cancelled, Failed, Job, JobState, Succeeded
 from tests.conftest import quick_settings
@@ -135,3 +136,73 @@ def test_the_next_chunk_runs_while_the_last_ones_outcomes_are_on_their_way(
         assert child.ready and not child.busy
     finally:
         child.stop()
+
+
+def test_a_child_with_a_chunk_still_storing_its_outputs_takes_one_more_and_no_more(
+    tmp_path: Path,
+) -> None:
+    """Its outputs on their way, a chunk counts against the child: it takes the next chunk,
+    but not a third while the first is unreported. Between jobs, a death is charged to the
+    oldest job it holds, whose outputs it was storing."""
+    settings = quick_settings(f"sqlite:///{tmp_path / 'docqueue.db'}", tmp_path)
+    mp = multiprocessing.get_context("forkserver")
+    running = mp.RawValue(ctypes.c_int, 1)  # held here: the child maps it while it starts
+    child = ChildHandle.spawn(mp, settings, running)
+    try:
+        first, second = running_job({}), running_job({})
+        child.assign([(first, [])])
+        assert next_message(child) == ("ran",)
+        withheld = next_message(child)  # as if its outputs were still being stored
+        assert withheld[0] == "done"
+        assert child.takes_chunk and child.blamed() == first
+        child.assign([(second, [])])
+        assert next_message(child) == ("ran",)
+        assert child.ready and not child.takes_chunk, "two chunks unreported"
+        assert child.current() is None and child.blamed() == first
+        child.reported(1)
+        assert child.takes_chunk and child.blamed() == second
+    finally:
+        child.stop()
+
+
+def test_a_child_that_does_not_store_its_outputs_within_the_timeout_is_killed(
+    tmp_path: Path,
+) -> None:
+    """The supervisor heard "ran" but no outcomes for longer than the job's timeout (its
+    storage stalled): the child is killed and replaced, the oldest job fails with a timeout,
+    and the other jobs it held go back to the queue. Outcomes that reached the pipe before the
+    deadline are taken in, not thrown away with the child."""
+    settings = quick_settings(f"sqlite:///{tmp_path / 'docqueue.db'}", tmp_path)
+    supervisor = Supervisor(settings)
+    child = ChildHandle.spawn(supervisor.mp, settings, supervisor.running)
+    supervisor.children = [child]
+    try:
+        late = running_job({})
+        child.assign([(late, [])])
+        assert next_message(child) == ("ran",)
+        assert child.conn.poll(20)  # its "done" waits in the pipe
+        child.ran_at -= settings.job_timeout
+        supervisor._enforce_deadlines()
+        assert supervisor.children == [child] and not child.busy
+        assert [c.job_id for c in supervisor.pending.completions] == [late.id]
+        supervisor.pending.completions = []
+
+        stuck, next_one = running_job({}), running_job({})
+        for job in (stuck, next_one):
+            child.assign([(job, [])])
+            assert next_message(child) == ("ran",)
+            assert next_message(child)[0] == "done"  # withheld: as if never stored
+        supervisor._enforce_deadlines()
+        assert supervisor.children == [child], "within the timeout"
+        child.ran_at -= settings.job_timeout
+        supervisor._enforce_deadlines()
+        assert not child.process.is_alive() and supervisor.children != [child]
+        [failed] = supervisor.pending.completions
+        assert failed.job_id == stuck.id and isinstance(failed.outcome, Failed)
+        assert failed.outcome.error.type == "JobTimeout"
+        assert "outputs were not stored" in failed.outcome.error.message
+        assert supervisor.pending.release == [(next_one.id, next_one.attempt)]
+    finally:
+        for handle in supervisor.children:
+            handle.stop()
+        supervisor.close()

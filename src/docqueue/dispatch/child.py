@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import threading
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import SynchronizedArray
-from uuid import UUID
 
 from docqueue.heap import retain_freed_memory
 from docqueue.logs import configure_logging
@@ -20,8 +20,9 @@ from docqueue.models import Artifact, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import builtin_registry
 from docqueue.runner import Runner
 from docqueue.settings import Settings
-from docqueue.storage import BackgroundPublisher, Storage
+from docqueue.storage import BackgroundPublisher, Reported, Storage
 
+log = logging.getLogger("docqueue.worker")
 #: Least seconds between two progress reports of one job, so chatty processors stay cheap.
 PROGRESS_INTERVAL = 0.25
 
@@ -99,7 +100,7 @@ def child_main(
             with slot.get_lock():
                 slot[1] = 0.0
             send(("ran",))
-            publisher.then(partial(_report, send, publisher, outcomes))
+            publisher.when_published(outcomes, partial(_report, send))
     finally:
         publisher.close()
 
@@ -116,13 +117,15 @@ def _locked_sender(conn: Connection) -> Callable[[object], None]:
     return send
 
 
-def _report(
-    send: Callable[[object], None],
-    publisher: BackgroundPublisher,
-    outcomes: list[tuple[UUID, int, Outcome]],
-) -> None:
-    """On the publisher's thread, once a chunk's outputs are published: its outcomes."""
-    send(("done", [(job_id, n, publisher.settle(job_id, out)) for job_id, n, out in outcomes]))
+def _report(send: Callable[[object], None], settled: list[Reported]) -> None:
+    """On the publisher's thread, once a chunk's outputs are published: its outcomes. A child
+    that cannot report them exits, so that its supervisor takes its jobs back."""
+    try:
+        send(("done", settled))
+    except BaseException:
+        log.exception("the outcomes of %d jobs could not be reported; exiting", len(settled))
+        logging.shutdown()
+        os._exit(1)
 
 
 def _next_chunk(conn: Connection) -> list[Task] | None:
@@ -141,7 +144,7 @@ def _stopped(slot: SynchronizedArray[float], number: int) -> bool:
 
 def run_task(
     send: Callable[[object], None], runner: Runner, task: Task, is_cancelled: Callable[[], bool]
-) -> tuple[UUID, int, Outcome]:
+) -> Reported:
     """Run one job, sending its progress back; return its outcome."""
     job, inputs = task
     # A job shorter than the interval reports nothing: its completion says it all, and every

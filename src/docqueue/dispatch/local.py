@@ -176,9 +176,10 @@ class Supervisor:
         except DBAPIError as exc:
             log.error("the last commit failed: %s", exc)
         for child in self.children:
+            self._receive(child)  # what it reported before the kill stays reported
             if child.busy:
                 child.kill()
-                self._give_back(child, include_running=True)
+                self._give_back(child)
         self.pending.release += [(job.id, job.attempt) for job, _ in self.buffer]
         self.buffer.clear()
         try:
@@ -262,7 +263,7 @@ class Supervisor:
         `prefetch_seconds` of work per child, so a job claimed ahead never waits long; jobs
         longer than that are claimed one per free child.
         """
-        idle = sum(1 for c in self.children if c.ready)
+        idle = sum(1 for c in self.children if self._takes_work(c))
         ahead = self.settings.concurrency * self.settings.prefetch_seconds
         prefetch = min(self.prefetch, self._jobs_within(ahead))
         if len(self.buffer) >= idle and len(self.buffer) > prefetch // 2:
@@ -279,7 +280,7 @@ class Supervisor:
             return False
         if self.stopping or not any(c.busy for c in self.children):
             return True
-        if not self.buffer and any(c.ready for c in self.children):
+        if not self.buffer and any(self._takes_work(c) for c in self.children):
             return True  # nothing left to hand out: the next claim is not coming soon
         return time.monotonic() >= self.timers.flush_by
 
@@ -290,14 +291,14 @@ class Supervisor:
 
     def _has_room(self) -> bool:
         """True when a child could take a job now."""
-        return not self.stopping and any(c.ready for c in self.children)
+        return not self.stopping and any(self._takes_work(c) for c in self.children)
 
     def _assign(self) -> None:
         """Hand buffered jobs to idle children: one each, or chunks of short jobs. Once stopping,
         none: jobs not started go back to the queue for other workers."""
         if self.stopping:
             return
-        idle = [c for c in self.children if c.ready and self._room_left(c) != 0]
+        idle = [c for c in self.children if self._takes_work(c)]
         for child in idle:
             if not self.buffer:
                 return
@@ -308,6 +309,11 @@ class Supervisor:
             if (room := self._room_left(child)) is not None:
                 size = min(size, room)
             child.assign([self.buffer.popleft() for _ in range(min(size, len(self.buffer)))])
+
+    def _takes_work(self, child: ChildHandle) -> bool:
+        """True when `child` may be handed a chunk now (see ChildHandle.takes_chunk) and has
+        room for more jobs before it is replaced."""
+        return child.takes_chunk and self._room_left(child) != 0
 
     def _room_left(self, child: ChildHandle) -> int | None:
         """How many more jobs `child` may be handed before it is replaced (max_jobs_per_child);
@@ -381,27 +387,31 @@ class Supervisor:
         if child not in self.children or child.process.is_alive():
             return
         self._receive(child)  # it may have reported before dying
+        if child not in self.children:
+            return  # that report reached its job limit: it was replaced already
         child.process.join()
         code = child.process.exitcode or 0
-        running = child.current()
-        if running is not None:
+        blamed = child.blamed()
+        if blamed is not None:
             how = (
                 f"signal {-code} ({signal.Signals(-code).name})"
                 if code < 0
                 else f"exit code {code}"
             )
-            log.warning("child %s running job %s died: %s", child.process.pid, running.id, how)
-            self._fail(running, "WorkerDied", f"worker process died: {how}")
-        self._give_back(child, include_running=False)
+            log.warning("child %s holding job %s died: %s", child.process.pid, blamed.id, how)
+            self._fail(blamed, "WorkerDied", f"worker process died: {how}")
+        self._give_back(child, keep=blamed)
         child.kill()
         self._replace(child)
 
-    def _give_back(self, child: ChildHandle, *, include_running: bool) -> None:
-        """Queue a child's unreported jobs to be released (not counted as attempts)."""
-        for job, running in child.held():
-            if include_running or not running:
+    def _give_back(self, child: ChildHandle, *, keep: Job | None = None) -> None:
+        """Queue a child's unreported jobs, but `keep`, to be released (not counted as
+        attempts)."""
+        for job, _ in child.tasks:
+            if job is not keep:
                 self.pending.release.append((job.id, job.attempt))
         child.tasks = []
+        child.chunks = []
 
     def _fail(self, job: Job, kind: str, message: str) -> None:
         """Record a failed attempt, to be written at once."""
@@ -411,28 +421,44 @@ class Supervisor:
         self.timers.flush_by = 0.0
 
     def _enforce_deadlines(self) -> None:
-        """Kill children past their job's timeout, or past the grace after a cancellation."""
-        now = time.monotonic()
+        """Kill children past their job's timeout, past the grace after a cancellation, or
+        that could not make their outputs durable within the job's timeout."""
         for child in list(self.children):
-            if (current := child.running()) is None:
+            if self._overdue(child) is None:
                 continue
-            running, started = current
-            timeout = self._timeout(running)
-            if child.kill_at is not None and not child.runs_stopped_job():
-                child.kill_at = None  # the stopped job ended in time; the child went on
-            if child.kill_at is not None and now >= child.kill_at:
-                log.info(
-                    "job %s did not stop within %ss of its cancellation", running.id, CANCEL_GRACE
-                )
-            elif time.time() - started >= timeout:
-                self._fail(
-                    running, "JobTimeout", f"job ran past its {timeout:g}s timeout and was killed"
-                )
+            self._receive(child)  # what it reported before the kill stays reported
+            if child not in self.children or (overdue := self._overdue(child)) is None:
+                continue
+            job, error = overdue
+            if error is None:
+                log.info("job %s did not stop within %ss of its cancellation", job.id, CANCEL_GRACE)
             else:
-                continue
+                self._fail(job, "JobTimeout", error)
             child.kill()
-            self._give_back(child, include_running=False)
+            self._give_back(child, keep=job)
             self._replace(child)
+
+    def _overdue(self, child: ChildHandle) -> tuple[Job, str | None] | None:
+        """The job `child` must be killed for, with the error to record (None: it was
+        cancelled and did not stop in time); None while it keeps its deadlines."""
+        current = child.running()
+        if current is None:
+            if not (child.ready and child.busy):
+                return None
+            oldest = child.tasks[0][0]  # its outputs are the ones being stored
+            timeout = self._timeout(oldest)
+            if time.monotonic() - child.ran_at < timeout:
+                return None
+            return oldest, f"its outputs were not stored within its {timeout:g}s timeout"
+        running, started = current
+        if child.kill_at is not None and not child.runs_stopped_job():
+            child.kill_at = None  # the stopped job ended in time; the child went on
+        if child.kill_at is not None and time.monotonic() >= child.kill_at:
+            return running, None
+        timeout = self._timeout(running)
+        if time.time() - started >= timeout:
+            return running, f"job ran past its {timeout:g}s timeout and was killed"
+        return None
 
     # -- periodic duties ---------------------------------------------------------------------
 
@@ -454,7 +480,7 @@ class Supervisor:
         """Renew leases; stop the children whose running job was cancelled or taken back."""
         self.workers.beat(self.worker_id)
         held = [(job.id, job.attempt) for job, _ in self.buffer]
-        held += [(job.id, job.attempt) for c in self.children for job, _ in c.held()]
+        held += [(job.id, job.attempt) for c in self.children for job, _ in c.tasks]
         lease = self.settings.lease_seconds
         lost = set(self.store.heartbeat(self.worker_id, held, lease_seconds=lease))
         if not lost:

@@ -37,9 +37,11 @@ class ChildHandle:
     tasks: list[Task] = field(default_factory=list)
     #: True while it waits for a chunk: it has run every job handed to it.
     ready: bool = True
-    #: How many jobs the chunk it runs holds, and when that chunk was handed to it.
-    chunk_size: int = 0
+    #: The sizes of the chunks in `tasks`, oldest first.
+    chunks: list[int] = field(default_factory=list)
+    #: When the chunk it runs was handed to it, and when it last said "ran" (monotonic).
     assigned_at: float = 0.0
+    ran_at: float = 0.0
     kill_at: float | None = None
     #: Jobs it has reported; the sequence number of `tasks[0]`.
     jobs_run: int = 0
@@ -60,12 +62,19 @@ class ChildHandle:
         """True while it holds jobs: running them, or making their outputs durable."""
         return bool(self.tasks)
 
+    @property
+    def takes_chunk(self) -> bool:
+        """True when it may be handed a chunk: it waits for one, and at most one chunk of its
+        own is still making its outputs durable (so a stalled disk holds back two chunks, not
+        every job the worker claims)."""
+        return self.ready and len(self.chunks) <= 1
+
     def assign(self, tasks: list[Task]) -> None:
-        """Hand it a chunk of jobs to run one after the other; it must be ready."""
-        assert self.ready, "a child runs one chunk at a time"
+        """Hand it a chunk of jobs to run one after the other; it must take one."""
+        assert self.takes_chunk, "a child runs one chunk at a time, one more publishing"
         self.tasks += tasks
+        self.chunks.append(len(tasks))
         self.ready = False
-        self.chunk_size = len(tasks)
         self.assigned_at = time.monotonic()
         self.kill_at = None
         self.conn.send(tasks)
@@ -73,11 +82,14 @@ class ChildHandle:
     def ran(self) -> float:
         """It has run its chunk and waits for the next: the mean seconds one of its jobs took."""
         self.ready = True
-        return (time.monotonic() - self.assigned_at) / max(1, self.chunk_size)
+        self.kill_at = None  # a job it was asked to stop has ended with the chunk
+        self.ran_at = time.monotonic()
+        return (self.ran_at - self.assigned_at) / max(1, self.chunks[-1])
 
     def reported(self, count: int) -> None:
-        """Its oldest `count` jobs are reported (their outcomes are in hand)."""
+        """Its oldest chunk, of `count` jobs, is reported (their outcomes are in hand)."""
         del self.tasks[:count]
+        del self.chunks[0]
         self.jobs_run += count
 
     def running(self) -> tuple[Job, float] | None:
@@ -94,6 +106,11 @@ class ChildHandle:
         running = self.running()
         return running[0] if running else None
 
+    def blamed(self) -> Job | None:
+        """The job its death is charged to: the one it runs, else (between jobs, when it may
+        have died storing outputs or reading a chunk) the oldest it holds."""
+        return self.current() or (self.tasks[0][0] if self.tasks else None)
+
     def stop_job(self, job: Job, grace: float) -> None:
         """Ask it to stop `job`, one of the jobs it holds, and to be killed if it still runs
         that job `grace` seconds from now."""
@@ -107,11 +124,6 @@ class ChildHandle:
         with self.slot.get_lock():
             number, started, stop = self.slot[0], self.slot[1], self.slot[2]
         return stop >= 0 and bool(started) and number == stop
-
-    def held(self) -> list[tuple[Job, bool]]:
-        """Every job it holds, each with whether it is the one running."""
-        running = self.current()
-        return [(job, job is running) for job, _ in self.tasks]
 
     def stop(self) -> None:
         """Ask it to exit, and make sure it does."""
