@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from docqueue.models import Artifact, ErrorInfo, Failed, Outcome, Succeeded
 
 __all__ = [
     "BackgroundPublisher",
-    "Reported",
     "StagedBlob",
     "Storage",
     "StorageOutputWriter",
@@ -36,9 +34,6 @@ __all__ = [
     "sniff_media_type",
 ]
 
-log = logging.getLogger("docqueue.storage")
-#: A job's outcome as a worker child reports it: (job id, attempt, outcome).
-Reported = tuple[UUID, int, Outcome]
 CHUNK = 1 << 20
 #: Bytes a remote upload buffers in memory before sending a part (5 MiB is S3's smallest part).
 UPLOAD_PART = 5 << 20
@@ -383,40 +378,15 @@ class BackgroundPublisher:
 
     def settle(self, job_id: UUID, outcome: Outcome) -> Outcome:
         """`outcome` once every output of `job_id` is published; Failed if one could not be."""
-        return _settled(outcome, self.pending.pop(job_id, []))
-
-    def when_published(
-        self, outcomes: list[Reported], report: Callable[[list[Reported]], object]
-    ) -> None:
-        """Call `report` on the publisher's thread once the outputs the jobs of `outcomes`
-        have submitted so far are published, with their outcomes settled as `settle` does.
-        The outputs are taken now: a later attempt of one of these jobs waits for its own."""
-        waited = [(outcome, self.pending.pop(outcome[0], [])) for outcome in outcomes]
-
-        def settle_all() -> None:
-            report([(job, n, _settled(out, futures)) for (job, n, out), futures in waited])
-
-        self.pool.submit(settle_all).add_done_callback(_log_failure)
+        errors = [future.exception() for future in self.pending.pop(job_id, [])]
+        error = next((exc for exc in errors if exc is not None), None)
+        if error is None or not isinstance(outcome, Succeeded):
+            return outcome
+        return Failed(ErrorInfo(type(error).__name__, f"an output could not be stored: {error}"))
 
     def close(self) -> None:
         """Finish what was submitted and stop the thread."""
         self.pool.shutdown(wait=True)
-
-
-def _settled(outcome: Outcome, outputs: list[Future[StoredBlob]]) -> Outcome:
-    """`outcome` once `outputs` are published; Failed if one of them could not be."""
-    errors = [future.exception() for future in outputs]
-    error = next((exc for exc in errors if exc is not None), None)
-    if error is None or not isinstance(outcome, Succeeded):
-        return outcome
-    return Failed(ErrorInfo(type(error).__name__, f"an output could not be stored: {error}"))
-
-
-def _log_failure(future: Future[None]) -> None:
-    """Log the error a report after publishing raised: nobody waits for its result."""
-    error = future.exception()
-    if error is not None:
-        log.error("reporting published outcomes failed: %s", error, exc_info=error)
 
 
 def _chunks(source: Iterable[bytes] | IO[bytes]) -> Iterator[bytes]:

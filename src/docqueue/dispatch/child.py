@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import SynchronizedArray
+from uuid import UUID
 
 from docqueue.heap import retain_freed_memory
 from docqueue.logs import configure_logging
@@ -20,9 +19,8 @@ from docqueue.models import Artifact, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import builtin_registry
 from docqueue.runner import Runner
 from docqueue.settings import Settings
-from docqueue.storage import BackgroundPublisher, Reported, Storage
+from docqueue.storage import BackgroundPublisher, Storage
 
-log = logging.getLogger("docqueue.worker")
 #: Least seconds between two progress reports of one job, so chatty processors stay cheap.
 PROGRESS_INTERVAL = 0.25
 
@@ -58,16 +56,11 @@ def child_main(
 ) -> None:
     """Serve chunks of jobs from `conn` until it closes or says None.
 
-    `slot` tells the supervisor which job runs and since when (its sequence number among the
-    jobs this child was handed, and the wall time; 0.0 between chunks), without a message per
-    job: that is what its timeouts and crash accounting read. Its third value is the
-    supervisor's: the number of a job to stop (cancelled, or its lease lost), so that a
-    cancellation stops that job and none of those after it. `running` is the number of the
-    supervisor's children that hold jobs: a job's math takes the cores the others leave.
-
-    After a chunk the child says "ran" and takes the next one at once; the chunk's outcomes
-    follow ("done") from the publisher's thread once its outputs are durable, so the disk's
-    syncs overlap the next chunk's work instead of holding the child.
+    `slot` tells the supervisor which job of the chunk runs and since when (index, wall time),
+    without a message per job: that is what its timeouts and crash accounting read. Its third
+    value is the supervisor's: the index of a job to stop (cancelled, or its lease lost), so
+    that a cancellation stops that job and none of those after it. `running` is the number of
+    the supervisor's children that hold jobs: a job's math takes the cores the others leave.
     """
     # The supervisor decides when children stop; Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -78,8 +71,9 @@ def child_main(
     configure_logging(settings)
     retain_freed_memory()
     storage = Storage(settings.resolved_storage_url)
+    # Outputs are made durable on a thread while the next job of the chunk runs; the chunk's
+    # outcomes go back once they all are.
     publisher = BackgroundPublisher(storage)
-    send = _locked_sender(conn)
     cores = available_cores()
     runner = Runner(
         builtin_registry(settings.imports),
@@ -88,44 +82,19 @@ def child_main(
         cpu_threads=lambda: fair_share(cores, running.value),
     )
     runner.resources.warm_up()
-    number = 0
     try:
         while (chunk := _next_chunk(conn)) is not None:
             outcomes = []
-            for task in chunk:
-                with slot.get_lock():
-                    slot[0], slot[1] = number, time.time()
-                outcomes.append(run_task(send, runner, task, partial(_stopped, slot, number)))
-                number += 1
-            with slot.get_lock():
-                slot[1] = 0.0
-            send(("ran",))
-            publisher.when_published(outcomes, partial(_report, send))
+            for index, task in enumerate(chunk):
+                slot[0], slot[1] = index, time.time()
+                outcomes.append(run_task(conn, runner, task, partial(_stopped, slot, index)))
+            settled = [
+                (job_id, attempt, publisher.settle(job_id, outcome))
+                for job_id, attempt, outcome in outcomes
+            ]
+            conn.send(("done", settled))
     finally:
         publisher.close()
-
-
-def _locked_sender(conn: Connection) -> Callable[[object], None]:
-    """`conn.send` for two threads: the job's progress and "ran" come from the main thread,
-    "done" from the publisher's."""
-    lock = threading.Lock()
-
-    def send(message: object) -> None:
-        with lock:
-            conn.send(message)
-
-    return send
-
-
-def _report(send: Callable[[object], None], settled: list[Reported]) -> None:
-    """On the publisher's thread, once a chunk's outputs are published: its outcomes. A child
-    that cannot report them exits, so that its supervisor takes its jobs back."""
-    try:
-        send(("done", settled))
-    except BaseException:
-        log.exception("the outcomes of %d jobs could not be reported; exiting", len(settled))
-        logging.shutdown()
-        os._exit(1)
 
 
 def _next_chunk(conn: Connection) -> list[Task] | None:
@@ -137,14 +106,14 @@ def _next_chunk(conn: Connection) -> list[Task] | None:
     return chunk
 
 
-def _stopped(slot: SynchronizedArray[float], number: int) -> bool:
-    """True when the supervisor asked the child to stop its job `number`."""
-    return int(slot[2]) == number
+def _stopped(slot: SynchronizedArray[float], index: int) -> bool:
+    """True when the supervisor asked the child to stop the job at `index` of its chunk."""
+    return int(slot[2]) == index
 
 
 def run_task(
-    send: Callable[[object], None], runner: Runner, task: Task, is_cancelled: Callable[[], bool]
-) -> Reported:
+    conn: Connection, runner: Runner, task: Task, is_cancelled: Callable[[], bool]
+) -> tuple[UUID, int, Outcome]:
     """Run one job, sending its progress back; return its outcome."""
     job, inputs = task
     # A job shorter than the interval reports nothing: its completion says it all, and every
@@ -156,7 +125,7 @@ def run_task(
         now = time.monotonic()
         if now - last_report >= PROGRESS_INTERVAL:
             last_report = now
-            send(("progress", job.id, job.attempt, fraction, message))
+            conn.send(("progress", job.id, job.attempt, fraction, message))
 
     try:
         outcome: Outcome = runner.execute(job, inputs, progress=progress, is_cancelled=is_cancelled)

@@ -135,7 +135,7 @@ class Supervisor:
             return self._store_down(exc)
         self._assign()
         busy = [c for c in self.children if c.busy]
-        self.running.value = sum(1 for c in self.children if not c.ready)
+        self.running.value = len(busy)
         if self.stopping and (not busy or time.monotonic() >= (self.timers.stop_by or 0)):
             return False
         if not self.stopping and self.burst and not busy and self._drained():
@@ -176,10 +176,9 @@ class Supervisor:
         except DBAPIError as exc:
             log.error("the last commit failed: %s", exc)
         for child in self.children:
-            self._receive(child)  # what it reported before the kill stays reported
             if child.busy:
                 child.kill()
-                self._give_back(child)
+                self._give_back(child, include_running=True)
         self.pending.release += [(job.id, job.attempt) for job, _ in self.buffer]
         self.buffer.clear()
         try:
@@ -263,7 +262,7 @@ class Supervisor:
         `prefetch_seconds` of work per child, so a job claimed ahead never waits long; jobs
         longer than that are claimed one per free child.
         """
-        idle = sum(1 for c in self.children if self._takes_work(c))
+        idle = sum(1 for c in self.children if not c.busy)
         ahead = self.settings.concurrency * self.settings.prefetch_seconds
         prefetch = min(self.prefetch, self._jobs_within(ahead))
         if len(self.buffer) >= idle and len(self.buffer) > prefetch // 2:
@@ -280,7 +279,7 @@ class Supervisor:
             return False
         if self.stopping or not any(c.busy for c in self.children):
             return True
-        if not self.buffer and any(self._takes_work(c) for c in self.children):
+        if not self.buffer and any(not c.busy for c in self.children):
             return True  # nothing left to hand out: the next claim is not coming soon
         return time.monotonic() >= self.timers.flush_by
 
@@ -291,14 +290,14 @@ class Supervisor:
 
     def _has_room(self) -> bool:
         """True when a child could take a job now."""
-        return not self.stopping and any(self._takes_work(c) for c in self.children)
+        return not self.stopping and any(not c.busy for c in self.children)
 
     def _assign(self) -> None:
         """Hand buffered jobs to idle children: one each, or chunks of short jobs. Once stopping,
         none: jobs not started go back to the queue for other workers."""
         if self.stopping:
             return
-        idle = [c for c in self.children if self._takes_work(c)]
+        idle = [c for c in self.children if not c.busy]
         for child in idle:
             if not self.buffer:
                 return
@@ -306,20 +305,9 @@ class Supervisor:
             if self._short_jobs():  # at most prefetch_seconds of work, to keep some for the rest
                 most = self._jobs_within(self.settings.prefetch_seconds)
                 size = max(1, min(MAX_CHUNK, most, len(self.buffer) // len(idle)))
-            if (room := self._room_left(child)) is not None:
-                size = min(size, room)
+            if self.settings.max_jobs_per_child:
+                size = min(size, max(1, self.settings.max_jobs_per_child - child.jobs_run))
             child.assign([self.buffer.popleft() for _ in range(min(size, len(self.buffer)))])
-
-    def _takes_work(self, child: ChildHandle) -> bool:
-        """True when `child` may be handed a chunk now (see ChildHandle.takes_chunk) and has
-        room for more jobs before it is replaced."""
-        return child.takes_chunk and self._room_left(child) != 0
-
-    def _room_left(self, child: ChildHandle) -> int | None:
-        """How many more jobs `child` may be handed before it is replaced (max_jobs_per_child);
-        None when there is no limit."""
-        limit = self.settings.max_jobs_per_child
-        return max(0, limit - child.jobs_run - len(child.tasks)) if limit else None
 
     def _timeout(self, job: Job) -> float:
         """The job's own timeout, else its processor's, else the setting."""
@@ -367,18 +355,20 @@ class Supervisor:
                 return  # the child died; its sentinel tells the rest
             if message[0] == "progress":
                 self.pending.progress.append(message[1:])
-            elif message[0] == "ran":
-                self.average_run = 0.8 * self.average_run + 0.2 * child.ran()
             else:
                 self._finished(child, message[1])
 
     def _finished(self, child: ChildHandle, outcomes: list[tuple[UUID, int, Outcome]]) -> None:
-        """A child's chunk is done, its outputs durable: queue the outcomes for the next commit."""
+        """A child ran its chunk: queue the outcomes for the next commit."""
         if not self.pending.completions:
             self.timers.flush_by = time.monotonic() + GROUP_COMMIT_WINDOW
         self.pending.completions += [Completion(*outcome) for outcome in outcomes]
-        child.reported(len(outcomes))
-        if self._room_left(child) == 0 and not child.busy and not self.stopping:
+        took = (time.monotonic() - child.assigned_at) / len(outcomes)
+        self.average_run = 0.8 * self.average_run + 0.2 * took
+        child.tasks = []
+        child.jobs_run += len(outcomes)
+        limit = self.settings.max_jobs_per_child
+        if limit and child.jobs_run >= limit and not self.stopping:
             child.stop()
             self._replace(child)
 
@@ -391,27 +381,25 @@ class Supervisor:
             return  # that report reached its job limit: it was replaced already
         child.process.join()
         code = child.process.exitcode or 0
-        blamed = child.blamed()
-        if blamed is not None:
+        running = child.current()
+        if running is not None:
             how = (
                 f"signal {-code} ({signal.Signals(-code).name})"
                 if code < 0
                 else f"exit code {code}"
             )
-            log.warning("child %s holding job %s died: %s", child.process.pid, blamed.id, how)
-            self._fail(blamed, "WorkerDied", f"worker process died: {how}")
-        self._give_back(child, keep=blamed)
+            log.warning("child %s running job %s died: %s", child.process.pid, running.id, how)
+            self._fail(running, "WorkerDied", f"worker process died: {how}")
+        self._give_back(child, include_running=False)
         child.kill()
         self._replace(child)
 
-    def _give_back(self, child: ChildHandle, *, keep: Job | None = None) -> None:
-        """Queue a child's unreported jobs, but `keep`, to be released (not counted as
-        attempts)."""
-        for job, _ in child.tasks:
-            if job is not keep:
+    def _give_back(self, child: ChildHandle, *, include_running: bool) -> None:
+        """Queue a child's unreported jobs to be released (not counted as attempts)."""
+        for job, running in child.held():
+            if include_running or not running:
                 self.pending.release.append((job.id, job.attempt))
         child.tasks = []
-        child.chunks = []
 
     def _fail(self, job: Job, kind: str, message: str) -> None:
         """Record a failed attempt, to be written at once."""
@@ -421,44 +409,29 @@ class Supervisor:
         self.timers.flush_by = 0.0
 
     def _enforce_deadlines(self) -> None:
-        """Kill children past their job's timeout, past the grace after a cancellation, or
-        that could not make their outputs durable within the job's timeout."""
+        """Kill children past their job's timeout, or past the grace after a cancellation."""
+        now = time.monotonic()
         for child in list(self.children):
-            if self._overdue(child) is None:
+            running = child.current()
+            if running is None:
                 continue
-            self._receive(child)  # what it reported before the kill stays reported
-            if child not in self.children or (overdue := self._overdue(child)) is None:
-                continue
-            job, error = overdue
-            if error is None:
-                log.info("job %s did not stop within %ss of its cancellation", job.id, CANCEL_GRACE)
+            _, started = child.position()
+            timeout = self._timeout(running)
+            if child.kill_at is not None and not child.runs_stopped_job():
+                child.kill_at = None  # the stopped job ended in time; the child went on
+            if child.kill_at is not None and now >= child.kill_at:
+                log.info(
+                    "job %s did not stop within %ss of its cancellation", running.id, CANCEL_GRACE
+                )
+            elif time.time() - started >= timeout:
+                self._fail(
+                    running, "JobTimeout", f"job ran past its {timeout:g}s timeout and was killed"
+                )
             else:
-                self._fail(job, "JobTimeout", error)
+                continue
             child.kill()
-            self._give_back(child, keep=job)
+            self._give_back(child, include_running=False)
             self._replace(child)
-
-    def _overdue(self, child: ChildHandle) -> tuple[Job, str | None] | None:
-        """The job `child` must be killed for, with the error to record (None: it was
-        cancelled and did not stop in time); None while it keeps its deadlines."""
-        current = child.running()
-        if current is None:
-            if not (child.ready and child.busy):
-                return None
-            oldest = child.tasks[0][0]  # its outputs are the ones being stored
-            timeout = self._timeout(oldest)
-            if time.monotonic() - child.ran_at < timeout:
-                return None
-            return oldest, f"its outputs were not stored within its {timeout:g}s timeout"
-        running, started = current
-        if child.kill_at is not None and not child.runs_stopped_job():
-            child.kill_at = None  # the stopped job ended in time; the child went on
-        if child.kill_at is not None and time.monotonic() >= child.kill_at:
-            return running, None
-        timeout = self._timeout(running)
-        if time.time() - started >= timeout:
-            return running, f"job ran past its {timeout:g}s timeout and was killed"
-        return None
 
     # -- periodic duties ---------------------------------------------------------------------
 
@@ -480,7 +453,7 @@ class Supervisor:
         """Renew leases; stop the children whose running job was cancelled or taken back."""
         self.workers.beat(self.worker_id)
         held = [(job.id, job.attempt) for job, _ in self.buffer]
-        held += [(job.id, job.attempt) for c in self.children for job, _ in c.tasks]
+        held += [(job.id, job.attempt) for c in self.children for job, _ in c.held()]
         lease = self.settings.lease_seconds
         lost = set(self.store.heartbeat(self.worker_id, held, lease_seconds=lease))
         if not lost:
