@@ -92,19 +92,26 @@ def test_an_idle_worker_asks_the_store_after_a_commit_or_when_a_scheduled_job_ma
         other.engine.dispose()
 
 
-def test_a_long_poll_reads_the_store_only_when_something_was_committed(store: JobStore) -> None:
-    """A waiter on a job nobody touches: on SQLite the store is read once (for the new waiter),
-    not every round; the commit that finishes the job wakes it."""
+def long_poll(store: JobStore) -> tuple[Job, list[str], list[JobState], threading.Thread]:
+    """A queued job and a thread that long-polls it for 30 s: the job, the reads of the
+    finished jobs that the store gets from then on, a list that gets the job's status once
+    the wait ends, and the thread (started)."""
     job, _ = store.enqueue(NewJob("noop"))
     watch = FinishWatch(store)
     reads = statements(store, "status NOT IN")
     answer: list[JobState] = []
     waiter = threading.Thread(target=lambda: answer.append(watch.wait(job, 30).status))
     waiter.start()
+    return job, reads, answer, waiter
+
+
+def test_a_long_poll_reads_the_store_only_when_something_was_committed(store: JobStore) -> None:
+    """A waiter on a job nobody touches: on SQLite the store is read once (for the new waiter),
+    not every round; the commit that finishes the job wakes it."""
+    job, reads, answer, waiter = long_poll(store)
     threading.Event().wait(12 * FinishWatch.INTERVAL)
     idle_reads = len(reads)
-    [claimed] = store.claim("w1", ["default"], 1, lease_seconds=30)
-    store.complete([Completion(claimed.id, claimed.attempt, Succeeded())])
+    finish(store, job)
     waiter.join(10)
     assert answer == [JobState.SUCCEEDED]
     if store.is_postgres:
@@ -120,12 +127,7 @@ def test_a_long_poll_reads_less_often_while_commits_bring_its_waiter_nothing(
     for 1.5 s (a busy worker): after PATIENCE reads that find nothing, the reader slows down
     to a read every SLOWEST at most, where it would read every INTERVAL (or POLL) throughout;
     the commit that finishes the job still wakes its waiter."""
-    job, _ = store.enqueue(NewJob("noop"))
-    watch = FinishWatch(store)
-    reads = statements(store, "status NOT IN")
-    answer: list[JobState] = []
-    waiter = threading.Thread(target=lambda: answer.append(watch.wait(job, 30).status))
-    waiter.start()
+    job, reads, answer, waiter = long_poll(store)
     wait_for_read(reads, 0)
     ends = time.monotonic() + 1.5
     while time.monotonic() < ends:

@@ -102,9 +102,9 @@ class _Reader(Generic[Wanted]):
             while True:
                 gap = self.INTERVAL if commits is not None else self.POLL
                 doublings = min(max(0, idle_reads - self.PATIENCE), 10)
-                slower = min(gap * 2**doublings, self.SLOWEST)
+                pause = max(gap, min(gap * 2**doublings, self.SLOWEST))
                 # A new waiter cuts a slow pause short: its job may have finished already.
-                if self._nudge.wait(max(0.0, last_read + max(gap, slower) - time.monotonic())):
+                if self._nudge.wait(max(0.0, last_read + pause - time.monotonic())):
                     self._nudge.clear()
                     time.sleep(max(0.0, last_read + gap - time.monotonic()))
                 if commits is not None and not self._fresh:
