@@ -47,6 +47,13 @@ def test_a_hyphen_before_a_number_or_capital_stays() -> None:
     assert clean_lines("-\nbis") == ["-", "bis"]
 
 
+def test_words_split_across_lines_join_alike_in_ascii_and_other_text() -> None:
+    # ASCII text takes a faster search for split words than text with other characters.
+    assert clean_lines("an ex-\n  ample, a dou-\t\nble") == ["an example, a double"]
+    assert clean_lines("an ex-\n  ample, a dou-\t\nble \u00e9") == ["an example, a double \u00e9"]
+    assert clean_lines("a soft ex\u00ad\nample") == ["a soft example"]
+
+
 def test_page_numbers_in_many_shapes_are_footers() -> None:
     pages = [["Report", f"body line {word}", f"- {n} -"] for n, word in enumerate("abcdef", 1)]
     cleaned = remove_repeating_edges(pages)
@@ -71,6 +78,17 @@ def test_numbers_that_are_not_page_numbers_keep_their_lines() -> None:
     ]
     cleaned = remove_repeating_edges(pages)
     assert cleaned == [[f"Item {amount}", f"Subtotal {amount}"] for amount in amounts]
+
+
+def test_a_row_of_numbers_at_the_top_hides_no_page_number_below() -> None:
+    # Each edge line gives its first few numbers only: a long row cannot crowd out the page
+    # number (printed 10 more than the page's place) in the footer.
+    pages = [
+        [" ".join(str(n * 100 + k) for k in range(30)), f"body {word} one", f"{n + 10}"]
+        for n, word in enumerate("abcdef", 1)
+    ]
+    cleaned = remove_repeating_edges(pages)
+    assert cleaned == [lines[:2] for lines in pages]
 
 
 def test_a_line_on_under_half_the_pages_stays() -> None:
