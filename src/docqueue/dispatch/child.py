@@ -13,7 +13,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import SynchronizedArray
 from uuid import UUID
 
-from docqueue.heap import retain_freed_memory
+from docqueue.heap import retain_freed_memory, startup_objects_frozen
 from docqueue.logs import configure_logging
 from docqueue.models import Artifact, ErrorInfo, Failed, Job, Outcome
 from docqueue.processors import builtin_registry
@@ -59,8 +59,10 @@ def child_main(
     `slot` tells the supervisor which job of the chunk runs and since when (index, wall time),
     without a message per job: that is what its timeouts and crash accounting read. Its third
     value is the supervisor's: the index of a job to stop (cancelled, or its lease lost), so
-    that a cancellation stops that job and none of those after it. `running` is the number of
-    the supervisor's children that hold jobs: a job's math takes the cores the others leave.
+    that a cancellation stops that job and none of those after it. Its fourth is the
+    supervisor's too: how many jobs from the chunk's end to hand back (`_hand_back`), when
+    another child has run out of work. `running` is the number of the supervisor's children
+    that hold jobs: a job's math takes the cores the others leave.
     """
     # The supervisor decides when children stop; Ctrl-C in a terminal reaches the whole group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -83,18 +85,30 @@ def child_main(
     )
     runner.resources.warm_up()
     try:
-        while (chunk := _next_chunk(conn)) is not None:
-            outcomes = []
-            for index, task in enumerate(chunk):
-                slot[0], slot[1] = index, time.time()
-                outcomes.append(run_task(conn, runner, task, partial(_stopped, slot, index)))
-            settled = [
-                (job_id, attempt, publisher.settle(job_id, outcome))
-                for job_id, attempt, outcome in outcomes
-            ]
-            conn.send(("done", settled))
+        # A job's collections then walk only what jobs made, not the libraries loaded so far.
+        with startup_objects_frozen():
+            while (chunk := _next_chunk(conn)) is not None:
+                outcomes = _run_chunk(conn, slot, runner, chunk)
+                settled = [
+                    (job_id, attempt, publisher.settle(job_id, outcome))
+                    for job_id, attempt, outcome in outcomes
+                ]
+                conn.send(("done", settled))
     finally:
         publisher.close()
+
+
+def _run_chunk(
+    conn: Connection, slot: SynchronizedArray[float], runner: Runner, chunk: list[Task]
+) -> list[tuple[UUID, int, Outcome]]:
+    """Run the jobs of a chunk one after the other, but those handed back; their outcomes."""
+    outcomes = []
+    index = 0
+    while index < len(chunk := _hand_back(conn, slot, chunk, index)):
+        slot[0], slot[1] = index, time.time()
+        outcomes.append(run_task(conn, runner, chunk[index], partial(_stopped, slot, index)))
+        index += 1
+    return outcomes
 
 
 def _next_chunk(conn: Connection) -> list[Task] | None:
@@ -104,6 +118,23 @@ def _next_chunk(conn: Connection) -> list[Task] | None:
     except EOFError:
         return None
     return chunk
+
+
+def _hand_back(
+    conn: Connection, slot: SynchronizedArray[float], chunk: list[Task], start: int
+) -> list[Task]:
+    """The chunk, less the jobs at its end the supervisor asked back, before the job at `start`
+    begins: none of those it gives is started, and it tells the supervisor where the chunk
+    now ends. Another child that ran out of work then takes them, rather than waiting idle
+    while this one runs them all (the last chunks of a batch would otherwise end far apart)."""
+    with slot.get_lock():
+        wanted = int(slot[3])
+        slot[3] = 0
+    if wanted <= 0 or start == len(chunk):
+        return chunk
+    end = max(start, len(chunk) - wanted)
+    conn.send(("handed back", end))
+    return chunk[:end]
 
 
 def _stopped(slot: SynchronizedArray[float], index: int) -> bool:

@@ -298,8 +298,9 @@ class Supervisor:
         if self.stopping:
             return
         idle = [c for c in self.children if not c.busy]
-        for child in idle:
+        for waiting, child in enumerate(idle):
             if not self.buffer:
+                self._ask_back(len(idle) - waiting)
                 return
             size = 1
             if self._short_jobs():  # at most prefetch_seconds of work, to keep some for the rest
@@ -308,6 +309,15 @@ class Supervisor:
             if self.settings.max_jobs_per_child:
                 size = min(size, max(1, self.settings.max_jobs_per_child - child.jobs_run))
             child.assign([self.buffer.popleft() for _ in range(min(size, len(self.buffer)))])
+
+    def _ask_back(self, idle: int) -> None:
+        """With nothing buffered for `idle` children, ask the children with the most jobs not
+        started (two or more) to hand half of them back, one child for each idle one. (One job
+        would end no sooner: the idle child could start it only when its holder would.)"""
+        holders = sorted(self.children, key=ChildHandle.unstarted, reverse=True)[:idle]
+        for holder in holders:
+            if (unstarted := holder.unstarted()) >= 2:
+                holder.ask_back(unstarted // 2)
 
     def _timeout(self, job: Job) -> float:
         """The job's own timeout, else its processor's, else the setting."""
@@ -355,6 +365,8 @@ class Supervisor:
                 return  # the child died; its sentinel tells the rest
             if message[0] == "progress":
                 self.pending.progress.append(message[1:])
+            elif message[0] == "handed back":
+                self.buffer.extendleft(reversed(child.handed_back(message[1])))
             else:
                 self._finished(child, message[1])
 

@@ -23,19 +23,22 @@ class ChildHandle:
 
     process: BaseProcess
     conn: Connection
-    #: [index of the running job in `tasks`, wall time it started], written by the child, and
-    #: the index of the job to stop (-1: none), written by the supervisor.
+    #: [index of the running job in `tasks`, wall time it started], written by the child; the
+    #: index of the job to stop (-1: none) and how many jobs to hand back from the end of
+    #: `tasks` (0: none), written by the supervisor.
     slot: SynchronizedArray[float]
     tasks: list[Task] = field(default_factory=list)
     assigned_at: float = 0.0
     kill_at: float | None = None
     jobs_run: int = 0
+    #: Jobs asked back and not yet handed back (the child answers before its next job).
+    asked_back: int = 0
 
     @classmethod
     def spawn(cls, mp: ForkServerContext, settings: Settings, running: ctypes.c_int) -> ChildHandle:
         """Start a child process; `running` counts the children that hold jobs."""
         parent_conn, child_conn = mp.Pipe()
-        slot = mp.Array("d", [0.0, 0.0, -1.0])
+        slot = mp.Array("d", [0.0, 0.0, -1.0, 0.0])
         args = (child_conn, slot, running, settings)
         process = mp.Process(target=child_main, args=args, daemon=True)
         process.start()
@@ -50,11 +53,31 @@ class ChildHandle:
     def assign(self, tasks: list[Task]) -> None:
         """Hand it a chunk of jobs to run one after the other."""
         with self.slot.get_lock():
-            self.slot[0], self.slot[1], self.slot[2] = 0, time.time(), -1
+            self.slot[0], self.slot[1], self.slot[2], self.slot[3] = 0, time.time(), -1, 0
         self.tasks = tasks
         self.assigned_at = time.monotonic()
         self.kill_at = None
+        self.asked_back = 0
         self.conn.send(tasks)
+
+    def unstarted(self) -> int:
+        """How many of its jobs it has not started and may still hand back."""
+        if not self.tasks or self.asked_back:
+            return 0
+        index, _ = self.position()
+        return len(self.tasks) - index - 1
+
+    def ask_back(self, count: int) -> None:
+        """Ask it to hand back `count` jobs from the end of its chunk, before its next job."""
+        with self.slot.get_lock():
+            self.slot[3] = count
+        self.asked_back = count
+
+    def handed_back(self, end: int) -> list[Task]:
+        """It handed back its jobs from `end` on: those jobs, no longer its own."""
+        returned, self.tasks = self.tasks[end:], self.tasks[:end]
+        self.asked_back = 0
+        return returned
 
     def position(self) -> tuple[int, float]:
         """Index of the running job and the wall time it started."""
