@@ -55,6 +55,16 @@ def test_words_split_across_lines_join_alike_in_ascii_and_other_text() -> None:
     assert clean_lines("a soft ex\u00ad\nample") == ["a soft example"]
 
 
+def test_every_kind_of_line_break_splits_lines_and_joins_split_words() -> None:
+    # PDFium ends lines with CRLF; other producers with LF or a lone CR. Both searches for split
+    # words, and PDFium's hyphen mark, take each.
+    for newline in ("\r\n", "\r", "\n"):
+        text = f"an ex-{newline}ample,{newline}a dou-{newline}ble"
+        assert clean_lines(text) == ["an example,", "a double"], repr(newline)
+        assert clean_lines(f"{text} \u00e9") == ["an example,", "a double \u00e9"], repr(newline)
+        assert clean_lines(f"a docu\ufffe{newline}ment") == ["a document"], repr(newline)
+
+
 def test_page_numbers_in_many_shapes_are_footers() -> None:
     pages = [["Report", f"body line {word}", f"- {n} -"] for n, word in enumerate("abcdef", 1)]
     cleaned = remove_repeating_edges(pages)

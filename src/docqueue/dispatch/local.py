@@ -314,9 +314,9 @@ class Supervisor:
         """With nothing buffered for `idle` children, ask the children with the most jobs not
         started (two or more) to hand half of them back, one child for each idle one. (One job
         would end no sooner: the idle child could start it only when its holder would.)"""
-        holders = sorted(self.children, key=ChildHandle.unstarted, reverse=True)[:idle]
-        for holder in holders:
-            if (unstarted := holder.unstarted()) >= 2:
+        holders = sorted(((c.unstarted(), c) for c in self.children), key=lambda h: -h[0])
+        for unstarted, holder in holders[:idle]:
+            if unstarted >= 2:
                 holder.ask_back(unstarted // 2)
 
     def _timeout(self, job: Job) -> float:
