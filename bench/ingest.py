@@ -5,7 +5,7 @@ loaded per job, and the memory of the worker's children over many jobs.
                            [--embed-pages PAGES] [--embed-precision float32|bfloat16]
                            [--fresh-docs 3] [--memory-jobs 1000]
                            [--memory-warmup 100]
-                           [--memory-embed] [--parts throughput,embed,memory] [--quick]
+                           [--memory-embed] [--parts throughput,cost,embed,memory] [--quick]
 
 The corpus is generated (bench/corpus.py), the same on every run: --docs text PDFs of --pages
 pages, each page a running header, about 45 lines of words and a "Page n of m" footer. In one
@@ -37,7 +37,14 @@ run, on this machine:
    --embed-precision bfloat16 has both ways embed with bfloat16 arithmetic (where the CPU does
    it natively; float32 elsewhere, as the service does).
    (bench/ingest_embedding.py holds this part.)
-3. memory: a fresh server with DOCQUEUE_MAX_JOBS_PER_CHILD=0 (children never replaced, so a
+3. cost: what an ingest job costs with no queue at all. In one fresh process, document by
+   document in turn, --repeat times over the corpus: bare extraction as in part 1; the ingest
+   processor alone, its outputs kept in memory; and the job as a worker child runs it
+   (`Runner.execute` with storage on disk, outputs made durable by the background publisher,
+   waited for after each job). The CPU of each way per document, every thread counted. Bare
+   over the job is as near to bare as the service's pages/s can come on these documents.
+   (bench/ingest_job_cost.py holds this part.)
+4. memory: a fresh server with DOCQUEUE_MAX_JOBS_PER_CHILD=0 (children never replaced, so a
    leak cannot hide behind a restart) runs --memory-jobs ingest jobs (the corpus again, each
    copy made distinct by a number in its text). The RSS of each worker child, read from /proc,
    after the first --memory-warmup jobs and at the end: the change should stay within 10%.
@@ -70,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client import finished_count, moment, submit_all, wait_all
 from corpus import distinct_copy, write_corpus
 from ingest_embedding import cold_embedding, embed_params, print_embedding, warm_embedding
+from ingest_job_cost import measure_job_cost, print_job_cost
 from server import Server, Usage, cpu_usage, rss_bytes, running_server
 
 console = Console()
@@ -103,6 +111,8 @@ def main() -> None:
         workdir = Path(tmp)
         console.print(f"writing the corpus: {args.docs} PDFs of {args.pages} pages ...")
         paths = write_corpus(workdir / "corpus", args.docs, args.pages)
+        if "cost" in parts:
+            print_job_cost(measure_job_cost(paths, args.repeat))
         if parts & {"throughput", "embed"}:
             with running_server(workdir / "service") as server:
                 if "throughput" in parts:
@@ -147,7 +157,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-jobs", type=int, default=1000, help="ingest jobs for memory")
     parser.add_argument("--memory-warmup", type=int, default=100, help="jobs before 1st reading")
     parser.add_argument("--memory-embed", action="store_true", help="memory jobs also embed")
-    parser.add_argument("--parts", default="throughput,embed,memory", help="parts to run")
+    parser.add_argument("--parts", default="throughput,cost,embed,memory", help="parts to run")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     args = parser.parse_args()
     if args.quick:
@@ -360,7 +370,7 @@ def print_throughput(runs: list[Run], creation: float) -> None:
     )
 
 
-# -- 3. memory -------------------------------------------------------------------------------
+# -- 4. memory -------------------------------------------------------------------------------
 
 
 def measure_memory(server: Server, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
