@@ -48,6 +48,7 @@ run, on this machine:
    leak cannot hide behind a restart) runs --memory-jobs ingest jobs (the corpus again, each
    copy made distinct by a number in its text). The RSS of each worker child, read from /proc,
    after the first --memory-warmup jobs and at the end: the change should stay within 10%.
+   (bench/ingest_memory.py holds this part.)
 
 Targets: service >= 85% of bare pages/s; warm model >= 10x faster per document; flat memory.
 Clients and server share the machine's cores. --quick is a smoke run of about a minute.
@@ -62,7 +63,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,11 +74,12 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from client import finished_count, moment, submit_all, wait_all
+from client import moment, submit_all, wait_all
 from corpus import distinct_copy, write_corpus
-from ingest_embedding import cold_embedding, embed_params, print_embedding, warm_embedding
+from ingest_embedding import cold_embedding, print_embedding, warm_embedding
 from ingest_job_cost import measure_job_cost, print_job_cost
-from server import Server, Usage, cpu_usage, rss_bytes, running_server
+from ingest_memory import measure_memory, print_memory
+from server import Server, Usage, cpu_usage, running_server
 
 console = Console()
 #: The sizes of a --quick run.
@@ -99,8 +100,6 @@ UPLOADS_PER_SECOND = 50
 PROBE_FILES = 50
 #: Microseconds past which creating a file says the disk is slow for a reason of its own.
 SLOW_CREATION = 100
-#: Seconds per job after which the memory run gives up (far more than an ingest job takes).
-MEMORY_SECONDS_PER_JOB = 2.0
 
 
 def main() -> None:
@@ -370,86 +369,6 @@ def print_throughput(runs: list[Run], creation: float) -> None:
         f"best of each: bare {best_bare:,.0f} pages/s, service {best_queued:,.0f} pages/s "
         f"= {best_queued / best_bare:.0%}"
     )
-
-
-# -- 4. memory -------------------------------------------------------------------------------
-
-
-def measure_memory(server: Server, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
-    """RSS of the worker children after the warm-up jobs and after the last job."""
-    console.print(f"running {args.memory_jobs:,} ingest jobs, reading the children's RSS ...")
-    datas = [path.read_bytes() for path in paths]
-    params = embed_params(args.embed_precision) if args.memory_embed else {}
-    documents = [
-        (f"copy-{n}.pdf", lambda n=n: distinct_copy(datas[n % len(datas)], n))
-        for n in range(args.memory_jobs)
-    ]
-    children = server.job_children()
-    readings: dict[str, Any] = {"children": children, "peak": dict.fromkeys(children, 0)}
-    started = time.monotonic()
-    deadline = started + MEMORY_SECONDS_PER_JOB * args.memory_jobs + 120
-    with (
-        cpu_usage() as usage,
-        ThreadPoolExecutor(1) as background,
-        httpx.Client(base_url=server.url) as client,
-    ):
-        submitted = background.submit(submit_all, server.url, documents, params)
-        while (done := finished_count(client)[0]) < args.memory_jobs:
-            if (submitted.done() and submitted.exception()) or time.monotonic() > deadline:
-                raise RuntimeError(f"the memory run stopped at {done} jobs:\n{server.log_tail()}")
-            if "start" not in readings and done >= args.memory_warmup:
-                readings["start"] = {pid: rss_bytes(pid) for pid in children}
-                readings["start_done"] = done
-            for pid in children:
-                readings["peak"][pid] = max(readings["peak"][pid], rss_bytes(pid))
-            time.sleep(0.25)
-        if "start" not in readings:  # every job finished between two polls
-            raise RuntimeError("no reading after the warm-up; raise --memory-jobs")
-        readings["end"] = {pid: rss_bytes(pid) for pid in children}
-        for pid in children:
-            readings["peak"][pid] = max(readings["peak"][pid], readings["end"][pid])
-        finished, succeeded = finished_count(client)
-        readings["failed"] = finished - succeeded
-    readings["seconds"] = time.monotonic() - started
-    readings["usage"] = usage
-    readings["children_after"] = server.job_children()
-    return readings
-
-
-def print_memory(readings: dict[str, Any], args: argparse.Namespace) -> None:
-    """Start, end and peak RSS per child, and the change."""
-    mib = 1024 * 1024
-    what = "ingest + embed" if args.memory_embed else "ingest"
-    table = Table(
-        title=f"worker children RSS over {args.memory_jobs:,} {what} jobs "
-        f"({readings['seconds']:.0f} s, first reading after {readings['start_done']} jobs)"
-    )
-    for column in ("child pid", "start MiB", "end MiB", "peak MiB", "change"):
-        table.add_column(column, justify="right")
-    start, end = readings["start"], readings["end"]
-    for pid in readings["children"]:
-        change = (end[pid] - start[pid]) / start[pid] if start[pid] else float("nan")
-        table.add_row(
-            str(pid),
-            f"{start[pid] / mib:,.1f}",
-            f"{end[pid] / mib:,.1f}",
-            f"{readings['peak'][pid] / mib:,.1f}",
-            f"{change:+.1%}",
-        )
-    total_start, total_end = sum(start.values()), sum(end.values())
-    change = (total_end - total_start) / total_start
-    table.add_row(
-        "all", f"{total_start / mib:,.1f}", f"{total_end / mib:,.1f}", "", f"{change:+.1%}"
-    )
-    console.print(table)
-    same = readings["children_after"] == readings["children"]
-    console.print(str(readings["usage"]))
-    console.print(
-        f"failed jobs: {readings['failed']}; the same children ran every job: "
-        f"{'yes' if same else 'NO, ' + str(readings['children_after'])}"
-    )
-    verdict = "met" if abs(change) <= 0.10 and same else "NOT met"
-    console.print(f"memory change {change:+.1%} (target: flat within 10%: {verdict})")
 
 
 if __name__ == "__main__":
