@@ -1,4 +1,4 @@
-"""Part 4 of bench/ingest.py: what an ingest job costs in one process, with no queue at all.
+"""Part 3 of bench/ingest.py: what an ingest job costs in one process, with no queue at all.
 
 Not run on its own: bench/ingest.py calls `measure_job_cost` and `print_job_cost`; its
 docstring says what they measure.
@@ -20,6 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from corpus import distinct_copy
+from docqueue.models import Artifact, InputFile, Job, JobState
+from docqueue.processors import builtin_registry
+from docqueue.processors.context import Context
+from docqueue.processors.ingest import run_ingest
+from docqueue.runner import Runner
+from docqueue.storage import BackgroundPublisher, Storage
 
 console = Console()
 #: The ways each document is read, in the order they run, with what each adds to the last.
@@ -62,10 +68,7 @@ def _measure(paths: list[Path], rounds: int, results: Any) -> None:
     that the machine's drift falls on all three alike. CPU is the whole process's (every
     thread): the job's outputs are made durable on the publisher's thread, and each job waits
     for them (`settle`), so that their cost is counted with it."""
-    from docqueue.processors import builtin_registry
-    from docqueue.runner import Runner
-    from docqueue.storage import BackgroundPublisher, Storage
-    from ingest import extract_text
+    from ingest import extract_text  # the throughput part's, imported here: ingest imports this
 
     measured: dict[str, list[float]] = {way: [] for way in WAYS}
     with tempfile.TemporaryDirectory(prefix="docqueue-job-cost-", dir=paths[0].parent) as tmp:
@@ -94,37 +97,32 @@ def _measure(paths: list[Path], rounds: int, results: Any) -> None:
     results.put(measured)
 
 
-def _store_input(storage: Any, data: bytes) -> Any:
+def _store_input(storage: Storage, data: bytes) -> Artifact:
     """`data` stored as a job's input PDF."""
-    from docqueue.models import Artifact
-
     blob = storage.put_bytes(data)
     return Artifact(blob.sha256, blob.size, "application/pdf", "doc.pdf", "input")
 
 
-def _ingest_job() -> Any:
+def _ingest_job() -> Job:
     """A claimed `ingest` job with default params."""
-    from docqueue.models import Job, JobState
-
     now = datetime.now(UTC)
     return Job(uuid.uuid4(), "ingest", "default", {}, JobState.RUNNING, 0, 1, 3, now, now)
 
 
-def _run_processor(runner: Any, storage: Any, artifact: Any) -> None:
+class Described:
+    """Where the processor alone writes its outputs: nowhere, they are only described."""
+
+    def put(self, name: str, path: Path, media_type: str) -> Artifact:
+        """Describe the file at `path` as output `name`."""
+        return self.put_bytes(name, path.read_bytes(), media_type)
+
+    def put_bytes(self, name: str, data: bytes, media_type: str) -> Artifact:
+        """Describe `data` as output `name`."""
+        return Artifact("0" * 64, len(data), media_type, name, "output")
+
+
+def _run_processor(runner: Runner, storage: Storage, artifact: Artifact) -> None:
     """The ingest processor on its own: its outputs are described, not stored."""
-    from docqueue.models import Artifact, InputFile
-    from docqueue.processors.context import Context
-    from docqueue.processors.ingest import run_ingest
-
-    class InMemory:
-        """Keeps nothing: an output is only described."""
-
-        def put(self, name: str, path: Path, media_type: str) -> Artifact:
-            return self.put_bytes(name, path.read_bytes(), media_type)
-
-        def put_bytes(self, name: str, data: bytes, media_type: str) -> Artifact:
-            return Artifact("0" * 64, len(data), media_type, name, "output")
-
     with storage.local_path(artifact.sha256) as path:
         source = InputFile(str(path), artifact.name, artifact.media_type, artifact.sha256)
         run_ingest(
@@ -136,7 +134,7 @@ def _run_processor(runner: Any, storage: Any, artifact: Any) -> None:
                 resources=runner.resources,
                 scratch=Path(tempfile.gettempdir()),
                 inputs=[source],
-                outputs=InMemory(),
+                outputs=Described(),
             )
         )
 
