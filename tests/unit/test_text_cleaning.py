@@ -82,6 +82,17 @@ def test_running_chapter_headers_and_offset_page_numbers_go() -> None:
     assert all(lines == pages[n][1:] for n, lines in enumerate(cleaned) if n != 3)
 
 
+def test_a_header_holding_a_page_number_goes_from_that_page_too() -> None:
+    # "Review 1" heads every page; on page 1 its number is also the page number (the footers
+    # number the pages), and it must go there as on the others.
+    pages = [
+        ["Review 1 Northwind", f"text {word} one", f"text {word} two", f"Page {n} of 5"]
+        for n, word in enumerate("abcde", 1)
+    ]
+    cleaned = remove_repeating_edges(pages)
+    assert cleaned == [[f"text {word} one", f"text {word} two"] for word in "abcde"]
+
+
 def test_numbers_that_are_not_page_numbers_keep_their_lines() -> None:
     amounts = ["1,200.00", "950.10", "75.00", "3,001.99"]
     pages = [

@@ -125,16 +125,19 @@ def remove_repeating_edges(
     return cleaned
 
 
-def _edge_shapes(lines: list[str], printed: int | None) -> dict[int, str]:
-    """The shape of each line in the page's top and bottom `EDGE_LINES`, by position."""
+def _edge_shapes(lines: list[str], printed: int | None) -> dict[int, tuple[str, ...]]:
+    """The shapes of each line in the page's top and bottom `EDGE_LINES`, by position."""
     edges = {*_zone_positions(len(lines), top=True), *_zone_positions(len(lines), top=False)}
-    return {position: _shape(lines[position], printed) for position in edges}
+    return {position: _shapes(lines[position], printed) for position in edges}
 
 
-def _zone(lines: list[str], shapes: dict[int, str], *, top: bool) -> set[str]:
+def _zone(lines: list[str], shapes: dict[int, tuple[str, ...]], *, top: bool) -> set[str]:
     """The shapes of the non-blank lines in the page's top (or bottom) `EDGE_LINES`."""
     return {
-        shapes[position] for position in _zone_positions(len(lines), top=top) if lines[position]
+        shape
+        for position in _zone_positions(len(lines), top=top)
+        if lines[position]
+        for shape in shapes[position]
     }
 
 
@@ -181,19 +184,20 @@ def _repeating(zones: list[set[str]]) -> set[str]:
 
 
 def _strip_edges(
-    lines: list[str], shapes: dict[int, str], headers: set[str], footers: set[str]
+    lines: list[str], shapes: dict[int, tuple[str, ...]], headers: set[str], footers: set[str]
 ) -> list[str]:
     """One page's lines without the headers, footers and its own page number in its edge zones
-    (`shapes`: the edge lines' shapes by position, the page number masked when known)."""
+    (`shapes`: the edge lines' shapes by position, see `_shapes`)."""
     count = len(lines)
 
     def dropped(position: int) -> bool:
-        shape = shapes[position]
-        if (position < EDGE_LINES and shape in headers) or (
-            position >= count - EDGE_LINES and shape in footers
+        shapes_there = shapes[position]
+        if (position < EDGE_LINES and not headers.isdisjoint(shapes_there)) or (
+            position >= count - EDGE_LINES and not footers.isdisjoint(shapes_there)
         ):
             return True
-        return _PAGE_MARK in shape and _PAGE_NUMBER.fullmatch(shape) is not None
+        masked = shapes_there[-1]
+        return _PAGE_MARK in masked and _PAGE_NUMBER.fullmatch(masked) is not None
 
     # Only the edge zones are looked at: [0, body) and [tail, count).
     body = min(EDGE_LINES, count)
@@ -213,13 +217,16 @@ def _two_lines_or_more(lines: list[str]) -> bool:
     return len(list(islice(filter(None, lines), 2))) == 2
 
 
-def _shape(line: str, printed: int | None) -> str:
-    """A line as compared across pages: lowercase, with the page's printed number masked."""
+def _shapes(line: str, printed: int | None) -> tuple[str, ...]:
+    """A line as compared across pages: lowercase; and when it holds the page's printed number,
+    also with that number masked, last. Both count: "Page 3 of 10" repeats masked, while
+    "Review 1" on every page repeats as it is, also on page 1, where 1 is the page number."""
     lowered = line.lower()
     # A run of digits worth `printed` (leading zeros or not) holds its decimal text.
     if printed is None or str(printed) not in lowered:
-        return lowered
-    return _DIGITS.sub(lambda m: _PAGE_MARK if int(m.group()) == printed else m.group(), lowered)
+        return (lowered,)
+    masked = _DIGITS.sub(lambda m: _PAGE_MARK if int(m.group()) == printed else m.group(), lowered)
+    return (lowered, masked) if masked != lowered else (lowered,)
 
 
 def page_text(lines: Sequence[str]) -> str:
