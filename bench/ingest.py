@@ -1,15 +1,18 @@
 """Ingest: pages/s through the service against bare PDFium, a warm embedding model against one
 loaded per job, and the memory of the worker's children over many jobs.
 
-    python bench/ingest.py [--docs 200] [--pages 20] [--repeat 3] [--embed-docs 10]
+    python bench/ingest.py [--docs 200] [--pages 20] [--corpus plain|typeset] [--repeat 3]
+                           [--embed-docs 10]
                            [--embed-pages PAGES] [--embed-precision float32|bfloat16]
                            [--fresh-docs 3] [--memory-jobs 1000]
                            [--memory-warmup 100]
                            [--memory-embed] [--parts throughput,embed,cost,memory] [--quick]
 
 The corpus is generated (bench/corpus.py), the same on every run: --docs text PDFs of --pages
-pages, each page a running header, about 45 lines of words and a "Page n of m" footer. In one
-run, on this machine:
+pages, each page a running header, about 3,900 characters of text and a "Page n of m" footer.
+--corpus plain (the default): lines of made-up words in Helvetica, the least work a PDF reader
+can have per character; typeset: English in two columns of justified, hyphenated paragraphs,
+typeset by Typst in embedded fonts, as documents from word processors are. In one run, on this machine:
 1. throughput, bare: pypdfium2 opens each PDF and extracts the text of every page, in a
    multiprocessing Pool(2) that has already started (its start-up is not timed).
    throughput, service: `docqueue serve --concurrency 2` on a fresh home (SQLite, files on
@@ -108,8 +111,10 @@ def main() -> None:
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="docqueue-bench-") as tmp:
         workdir = Path(tmp)
-        console.print(f"writing the corpus: {args.docs} PDFs of {args.pages} pages ...")
-        paths = write_corpus(workdir / "corpus", args.docs, args.pages)
+        console.print(
+            f"writing the corpus: {args.docs} {args.corpus} PDFs of {args.pages} pages ..."
+        )
+        paths = write_corpus(workdir / "corpus", args.docs, args.pages, args.corpus)
         if parts & {"throughput", "embed"}:
             with running_server(workdir / "service") as server:
                 if "throughput" in parts:
@@ -137,7 +142,7 @@ def embedding_corpus(workdir: Path, paths: list[Path], args: argparse.Namespace)
     if args.embed_pages in (None, args.pages):
         return paths[: args.embed_docs]
     console.print(f"writing {args.embed_docs} PDFs of {args.embed_pages} pages to embed ...")
-    return write_corpus(workdir / "embed-corpus", args.embed_docs, args.embed_pages)
+    return write_corpus(workdir / "embed-corpus", args.embed_docs, args.embed_pages, args.corpus)
 
 
 def parse_args() -> argparse.Namespace:
@@ -145,6 +150,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=200, help="PDFs in the corpus")
     parser.add_argument("--pages", type=int, default=20, help="pages per PDF")
+    parser.add_argument(
+        "--corpus", choices=["plain", "typeset"], default="plain", help="kind of PDF (corpus.py)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="throughput runs of each kind")
     parser.add_argument("--embed-docs", type=int, default=10, help="documents embedded each way")
     parser.add_argument("--embed-pages", type=int, help="pages per PDF to embed (--pages)")
