@@ -63,6 +63,9 @@ def test_every_kind_of_line_break_splits_lines_and_joins_split_words() -> None:
         assert clean_lines(text) == ["an example,", "a double"], repr(newline)
         assert clean_lines(f"{text} \u00e9") == ["an example,", "a double \u00e9"], repr(newline)
         assert clean_lines(f"a docu\ufffe{newline}ment") == ["a document"], repr(newline)
+        # Some PDFium builds mark the hyphen with U+0002; a page may hold both marks.
+        both = f"a docu\x02{newline}ment, New\ufffeYork"
+        assert clean_lines(both) == ["a document, New-", "York"], repr(newline)
 
 
 def test_page_numbers_in_many_shapes_are_footers() -> None:
