@@ -15,18 +15,23 @@ can have per character; typeset: English in two columns of justified, hyphenated
 typeset by Typst in embedded fonts, as documents from word processors are. In one run, on this machine:
 1. throughput, bare: pypdfium2 opens each PDF and extracts the text of every page, in a
    multiprocessing Pool(2) that has already started (its start-up is not timed).
+   throughput, jobs: the same documents, stored as inputs beforehand, each an `ingest` job run
+   as a worker child runs it, in 2 processes fed from a queue in memory: no store, no supervisor,
+   no HTTP (bench/ingest_job_pool.py). Bare over this is what ingest costs beyond extraction;
+   this over the service is what queueing costs.
    throughput, service: `docqueue serve --concurrency 2` on a fresh home (SQLite, files on
    disk); once it is ready, 4 client threads upload every PDF as an `ingest` job; the time runs
    from the first submission to the last job's finished_at. The service also cleans the text,
-   chunks it and stores document.json and text.txt. The two alternate --repeat times (the
-   server sits idle during the bare runs): bare, the service with every job uploaded first
-   (queued: the workers' own rate, the row the target is read from), bare again right after
-   it, then the service as the jobs are uploaded. Each run's ratio compares the service with
-   the mean of the two bare runs beside it: this machine's speed drifts by a quarter and more
-   within a minute, so only measurements next to each other compare. The verdict is the median
-   of the runs' ratios; the best of each way across runs is shown too. Before the runs, the
-   time to create a file beside the service's home is measured and printed: on this machine
-   it swings from 15 us to 700 us with the disk's recent history (file_creation_micros).
+   chunks it and stores document.json and text.txt. The ways alternate --repeat times (the
+   server sits idle during the other runs): bare, the jobs, the service with every job uploaded
+   first (queued: the workers' own rate, the row the target is read from), bare again right
+   after it, then the service as the jobs are uploaded. Each run's ratios compare the jobs and
+   the service with the mean of the two bare runs around them: this machine's speed drifts by
+   a quarter and more within a minute, so only measurements next to each other compare. The
+   verdict is the median of the runs' ratios; the best of each way across runs is shown too.
+   Before the runs, the time to create a file beside the service's home is measured and
+   printed: on this machine it swings from 15 us to 700 us with the disk's recent history
+   (file_creation_micros).
 2. embed: on the same server, two `{"embed": true}` jobs run first so that both worker children
    load the model; then --embed-docs documents are ingested one at a time (submit, wait), with
    the model warm. Against that, a fresh process loops over the same documents: it loads
@@ -44,8 +49,8 @@ typeset by Typst in embedded fonts, as documents from word processors are. In on
    document in turn, --repeat times over the corpus: bare extraction as in part 1; the ingest
    processor alone, its outputs kept in memory; and the job as a worker child runs it
    (`Runner.execute` with storage on disk, outputs made durable by the background publisher,
-   waited for after each job). The CPU of each way per document, every thread counted. Bare
-   over the job is as near to bare as the service's pages/s can come on these documents.
+   waited for after each job). The CPU of each way per document, every thread counted: where
+   a job's time goes. (Timed, and two at once as the service runs them: part 1's jobs row.)
    (bench/ingest_job_cost.py holds this part.)
 4. memory: a fresh server with DOCQUEUE_MAX_JOBS_PER_CHILD=0 (children never replaced, so a
    leak cannot hide behind a restart) runs --memory-jobs ingest jobs (the corpus again, each
@@ -79,8 +84,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from client import moment, submit_all, wait_all
 from corpus import distinct_copy, write_corpus
+from docqueue.models import Artifact
 from ingest_embedding import cold_embedding, print_embedding, warm_embedding
 from ingest_job_cost import measure_job_cost, print_job_cost
+from ingest_job_pool import JobPool
 from ingest_memory import measure_memory, print_memory
 from server import Server, Usage, cpu_usage, running_server
 
@@ -119,7 +126,8 @@ def main() -> None:
             with running_server(workdir / "service") as server:
                 if "throughput" in parts:
                     creation = file_creation_micros(workdir / "probe")
-                    print_throughput(measure_throughput(server, paths, args.repeat), creation)
+                    runs = measure_throughput(server, paths, args.repeat, workdir / "jobs")
+                    print_throughput(runs, creation)
                 if "embed" in parts:
                     documents = embedding_corpus(workdir, paths, args)
                     warm, chunks = warm_embedding(server, documents, args.embed_precision)
@@ -197,22 +205,29 @@ class Throughput:
         return self.pages / self.seconds
 
 
-def measure_throughput(server: Server, paths: list[Path], repeat: int) -> list[Run]:
-    """`repeat` runs of bare extraction on each side of the queued service run, then the
-    service as the jobs are uploaded."""
+def measure_throughput(server: Server, paths: list[Path], repeat: int, root: Path) -> list[Run]:
+    """`repeat` runs of bare extraction on each side of the jobs with no queue and the queued
+    service run, then the service as the jobs are uploaded."""
     runs = []
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        pool.map(extract_text, paths[:2])  # start-up and imports, untimed
-        for run in range(repeat):
-            console.print(
-                f"run {run + 1} of {repeat}: pypdfium2 in Pool(2), the service, pypdfium2 again, "
-                "the service as it is uploaded to ..."
-            )
-            before = bare_throughput(pool, paths)
-            queued = queued_throughput(server, paths, 2 * run)
-            after = bare_throughput(pool, paths)
-            uploading = service_throughput(server, paths, 2 * run + 1)
-            runs.append(Run((before, after), queued, uploading))
+    datas = [path.read_bytes() for path in paths]
+    job_pool = JobPool(root)
+    try:
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pool.map(extract_text, paths[:2])  # start-up and imports, untimed
+            job_pool.run(job_pool.store(datas[:4], series=repeat))  # the same for the jobs
+            for run in range(repeat):
+                console.print(
+                    f"run {run + 1} of {repeat}: pypdfium2 in Pool(2), the jobs with no queue, "
+                    "the service, pypdfium2 again, the service as it is uploaded to ..."
+                )
+                before = bare_throughput(pool, paths)
+                jobs = jobs_throughput(job_pool, job_pool.store(datas, series=run))
+                queued = queued_throughput(server, paths, 2 * run)
+                after = bare_throughput(pool, paths)
+                uploading = service_throughput(server, paths, 2 * run + 1)
+                runs.append(Run((before, after), jobs, queued, uploading))
+    finally:
+        job_pool.close()
     return runs
 
 
@@ -230,6 +245,7 @@ class Run:
     """One run of each measurement: bare before and after the queued service run."""
 
     bares: tuple[Throughput, Throughput]
+    jobs: Throughput
     queued: Throughput
     uploading: Throughput
 
@@ -242,6 +258,18 @@ class Run:
     def ratio(self) -> float:
         """The queued service's pages/s against bare beside it."""
         return self.queued.per_second / self.bare
+
+    @property
+    def jobs_ratio(self) -> float:
+        """The jobs' pages/s with no queue against bare beside them."""
+        return self.jobs.per_second / self.bare
+
+
+def jobs_throughput(job_pool: JobPool, inputs: list[Artifact]) -> Throughput:
+    """Every input ingested by the job pool's 2 processes, with no store, supervisor or HTTP."""
+    with cpu_usage() as usage:
+        pages, seconds = job_pool.run(inputs)
+    return Throughput(pages, seconds, usage)
 
 
 def extract_text(path: Path) -> int:
@@ -333,30 +361,44 @@ def print_throughput(runs: list[Run], creation: float) -> None:
     """Bare against the service in each run; the median of the runs' ratios."""
     pages = runs[0].queued.pages
     table = Table(title=f"ingest pages/s, {pages:,} pages, 2 processes each way")
-    for column in ("run", "bare", "queued", "ratio", "uploading", "ratio", "notes"):
+    for column in (
+        "run",
+        "bare",
+        "jobs",
+        "ratio",
+        "queued",
+        "ratio",
+        "uploading",
+        "ratio",
+        "notes",
+    ):
         table.add_column(column, justify="left" if column == "notes" else "right")
     for number, run in enumerate(runs, start=1):
         before, after = run.bares
         table.add_row(
             str(number),
             f"{run.bare:,.0f}",
+            f"{run.jobs.per_second:,.0f}",
+            f"{run.jobs_ratio:.0%}",
             f"{run.queued.per_second:,.0f}",
             f"{run.ratio:.0%}",
             f"{run.uploading.per_second:,.0f}",
             f"{run.uploading.per_second / run.bare:.0%}",
             f"bare before {before.per_second:,.0f}, after {after.per_second:,.0f}; queued: "
             f"{run.queued.note}; uploading: {run.uploading.note}; other CPU: bare "
-            f"{before.usage.other:.0%} and {after.usage.other:.0%}, queued "
-            f"{run.queued.usage.other:.0%}",
+            f"{before.usage.other:.0%} and {after.usage.other:.0%}, jobs "
+            f"{run.jobs.usage.other:.0%}, queued {run.queued.usage.other:.0%}",
         )
     console.print(table)
     console.print(
-        "bare: pypdfium2 text of every page in Pool(2), the mean of the runs just before and "
-        "just after the queued one. queued: the service's 2 workers, every job uploaded before "
-        "they may start, from that moment to the last job finished. uploading: the same with "
-        "the jobs run as they are uploaded (4 client threads on the same cores), first "
-        "submission to the last job finished. other CPU: what the rest of the machine used "
-        "meanwhile (100% = one core)."
+        "bare: pypdfium2 text of every page in Pool(2), the mean of the runs just before the "
+        "jobs and just after the queued service. jobs: the same documents as `ingest` jobs in 2 "
+        "processes that run them as the worker's children do, fed from a queue in memory: no "
+        "store, no supervisor, no HTTP (bench/ingest_job_pool.py). queued: the service's 2 "
+        "workers, every job uploaded before they may start, from that moment to the last job "
+        "finished. uploading: the same with the jobs run as they are uploaded (4 client threads "
+        "on the same cores), first submission to the last job finished. other CPU: what the "
+        "rest of the machine used meanwhile (100% = one core)."
     )
     note = (
         f"creating a file beside the service's home took {creation:,.0f} us (median of "
@@ -369,6 +411,8 @@ def print_throughput(runs: list[Run], creation: float) -> None:
         )
     console.print(note)
     ratio = statistics.median(run.ratio for run in runs)
+    jobs = statistics.median(run.jobs_ratio for run in runs)
+    queueing = statistics.median(run.queued.per_second / run.jobs.per_second for run in runs)
     verdict = "met" if ratio >= 0.85 else "NOT met"
     best_bare = max(bare.per_second for run in runs for bare in run.bares)
     best_queued = max(run.queued.per_second for run in runs)
@@ -376,6 +420,11 @@ def print_throughput(runs: list[Run], creation: float) -> None:
         f"median of {len(runs)} runs: service / bare = {ratio:.0%} (target >= 85%: {verdict}); "
         f"best of each: bare {best_bare:,.0f} pages/s, service {best_queued:,.0f} pages/s "
         f"= {best_queued / best_bare:.0%}"
+    )
+    console.print(
+        f"the jobs with no queue / bare = {jobs:.0%}: what ingest does beyond extraction "
+        f"(cleaning, chunks, durable outputs); the service / the jobs with no queue = "
+        f"{queueing:.0%}: what queueing costs (the store, the supervisor, the API)"
     )
 
 
