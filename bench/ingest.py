@@ -242,7 +242,7 @@ def bare_throughput(pool: Any, paths: list[Path]) -> Throughput:
 
 @dataclass
 class Run:
-    """One run of each measurement: bare before and after the queued service run."""
+    """One run of each measurement: bare before the jobs and after the queued service run."""
 
     bares: tuple[Throughput, Throughput]
     jobs: Throughput
