@@ -209,22 +209,23 @@ def measure_throughput(server: Server, paths: list[Path], repeat: int, root: Pat
     """`repeat` runs of bare extraction on each side of the jobs with no queue and the queued
     service run, then the service as the jobs are uploaded."""
     runs = []
-    datas = [path.read_bytes() for path in paths]
+    documents = [(path.name, path.read_bytes()) for path in paths]  # read once, not per run
     job_pool = JobPool(root)
     try:
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             pool.map(extract_text, paths[:2])  # start-up and imports, untimed
-            job_pool.run(job_pool.store(datas[:4], series=repeat))  # the same for the jobs
+            job_pool.run(job_pool.store(made(copies(documents[:4], repeat))))  # the same
             for run in range(repeat):
                 console.print(
                     f"run {run + 1} of {repeat}: pypdfium2 in Pool(2), the jobs with no queue, "
                     "the service, pypdfium2 again, the service as it is uploaded to ..."
                 )
                 before = bare_throughput(pool, paths)
-                jobs = jobs_throughput(job_pool, job_pool.store(datas, series=run))
-                queued = queued_throughput(server, paths, 2 * run)
+                # The jobs read the queued run's copies, from a store of their own.
+                jobs = jobs_throughput(job_pool, job_pool.store(made(copies(documents, 2 * run))))
+                queued = queued_throughput(server, documents, 2 * run)
                 after = bare_throughput(pool, paths)
-                uploading = service_throughput(server, paths, 2 * run + 1)
+                uploading = service_throughput(server, documents, 2 * run + 1)
                 runs.append(Run((before, after), jobs, queued, uploading))
     finally:
         job_pool.close()
@@ -289,24 +290,32 @@ def extract_text(path: Path) -> int:
         pdf.close()
 
 
-def copies(paths: list[Path], series: int) -> list[tuple[str, Callable[[], bytes]]]:
-    """The corpus as (name, maker of its bytes), each copy with its own reference number, so
-    that every upload is stored anew."""
-    datas = [path.read_bytes() for path in paths]
+def copies(
+    documents: list[tuple[str, bytes]], series: int
+) -> list[tuple[str, Callable[[], bytes]]]:
+    """The corpus's (name, bytes) as (name, maker of its bytes), each copy with its own
+    reference number, so that every upload is stored anew."""
     return [
-        (path.name, lambda n=n: distinct_copy(datas[n], series * 1_000_000 + n))
-        for n, path in enumerate(paths)
+        (name, lambda n=n, data=data: distinct_copy(data, series * 1_000_000 + n))
+        for n, (name, data) in enumerate(documents)
     ]
 
 
-def queued_throughput(server: Server, paths: list[Path], series: int) -> Throughput:
+def made(documents: list[tuple[str, Callable[[], bytes]]]) -> list[bytes]:
+    """The bytes of `copies`, made now."""
+    return [make() for _, make in documents]
+
+
+def queued_throughput(
+    server: Server, documents: list[tuple[str, bytes]], series: int
+) -> Throughput:
     """Every document uploaded first, as jobs that may start together at one moment (`run_at`);
     the time runs from that moment to the last job finished. This is the workers' rate: on a
     2-core machine the uploads (the client and the API) would otherwise take CPU from them."""
-    start_at = time.time() + UPLOAD_ALLOWANCE + len(paths) / UPLOADS_PER_SECOND
+    start_at = time.time() + UPLOAD_ALLOWANCE + len(documents) / UPLOADS_PER_SECOND
     fields = {"run_at": datetime.fromtimestamp(start_at, UTC).isoformat()}
     with cpu_usage() as usage:
-        ids = submit_all(server.url, copies(paths, series), {}, fields)
+        ids = submit_all(server.url, copies(documents, series), {}, fields)
         uploaded = time.time()
         with httpx.Client(base_url=server.url, timeout=120) as client:
             jobs = wait_all(client, ids)
@@ -317,12 +326,14 @@ def queued_throughput(server: Server, paths: list[Path], series: int) -> Through
     return Throughput(pages, last - start_at, usage, note)
 
 
-def service_throughput(server: Server, paths: list[Path], series: int) -> Throughput:
+def service_throughput(
+    server: Server, documents: list[tuple[str, bytes]], series: int
+) -> Throughput:
     """Every document through the service as it is uploaded: first submission to the last job
     finished."""
     with cpu_usage() as usage:
         started = time.time()
-        ids = submit_all(server.url, copies(paths, series), {})
+        ids = submit_all(server.url, copies(documents, series), {})
         submitted = time.time() - started
         with httpx.Client(base_url=server.url, timeout=120) as client:
             jobs = wait_all(client, ids)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from corpus import distinct_copy
 from docqueue.heap import retain_freed_memory, startup_objects_frozen
 from docqueue.models import Artifact, Outcome, Succeeded
 from docqueue.processors import builtin_registry
@@ -54,13 +53,9 @@ class JobPool:
         for process in self.processes:
             process.start()
 
-    def store(self, datas: list[bytes], series: int) -> list[Artifact]:
-        """`datas` stored as inputs, each copy made distinct (so that no output is stored
-        already), as the service's uploads are before its queued runs start."""
-        return [
-            store_input(self.storage, distinct_copy(data, series * 1_000_000 + n))
-            for n, data in enumerate(datas)
-        ]
+    def store(self, datas: list[bytes]) -> list[Artifact]:
+        """`datas` stored as inputs, as the service's uploads are before its queued runs start."""
+        return [store_input(self.storage, data) for data in datas]
 
     def run(self, inputs: list[Artifact]) -> tuple[int, float]:
         """Ingest every input, each an `ingest` job, in the processes at once: the pages read
@@ -113,22 +108,22 @@ def _serve(root: Path, tasks: Any, results: Any, ends: Any) -> None:
         failure = ""
         previous: tuple[UUID, Outcome] | None = None
         while (task := tasks.get()) != STOP:
+            if task is not END_OF_ROUND:
+                job = ingest_job()
+                outcome = runner.execute(job, [task])
+                if isinstance(outcome, Succeeded):
+                    pages += int(outcome.result["pages_read"])
+            if previous is not None:
+                # Once the next job has run, as a child settles its chunk: no wait for the disk.
+                settled = publisher.settle(*previous)  # always: it also forgets the job
+                failure = failure or _failure(settled)
+                previous = None
             if task is END_OF_ROUND:
-                if previous is not None:
-                    failure = failure or _failure(publisher.settle(*previous))
-                    previous = None
                 results.put(failure or pages)
                 pages, failure = 0, ""
                 ends.wait()
-                continue
-            job = ingest_job()
-            outcome = runner.execute(job, [task])
-            if previous is not None:
-                # Once the next job has run, as a child settles its chunk: no wait for the disk.
-                failure = failure or _failure(publisher.settle(*previous))
-            if isinstance(outcome, Succeeded):
-                pages += int(outcome.result["pages_read"])
-            previous = (job.id, outcome)
+            else:
+                previous = (job.id, outcome)
     publisher.close()
 
 
