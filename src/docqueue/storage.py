@@ -117,7 +117,7 @@ class Storage:
         digest = hashlib.sha256()
         size = 0
         temp = self._temp_key("upload")
-        out = self.fs.open(temp, "wb", block_size=UPLOAD_PART)
+        out = self._create(temp)
         try:
             for chunk in _chunks(source):
                 size += len(chunk)
@@ -127,9 +127,12 @@ class Storage:
                 out.write(chunk)
         except BaseException:
             # Closing would commit what was written (on S3: complete the multipart upload);
-            # discarding aborts it, so nothing of a refused or broken upload is kept.
+            # discarding aborts it, so nothing of a refused or broken upload is kept. (A local
+            # file has nothing to discard: it is removed below.)
+            discard = getattr(out, "discard", None)
             with contextlib.suppress(Exception):
-                out.discard()
+                if discard is not None:
+                    discard()
             with contextlib.suppress(Exception):
                 out.close()
             self._remove_quietly(temp)
@@ -145,28 +148,18 @@ class Storage:
         """Make staged bytes durable and move them to their content key.
 
         On a local disk the file is synced before the move (a content key never names bytes a
-        crash could lose) and its folder after it (so the new name survives a crash too); when
-        the key holds the bytes already, the staged copy is dropped and the file's time set to
-        now. An object store keeps an object's time, so there the copy replaces the stored one
-        (the same bytes) whether or not it was there: either way the sweep of unused files sees
-        the bytes as stored now, and leaves them to the job about to name them.
+        crash could lose) and its folder after it (so the new name survives a crash too). The
+        move replaces bytes already under the key with the same bytes, so either way they count
+        as stored now: the sweep of unused files leaves them to the job about to name them.
+        (An object store keeps an object's time: there the copy is written again for that.)
         """
         target = self.key(staged.sha256)
         try:
             if self.local:
-                _sync(staged.temp)
-            if self.local and self.fs.exists(target):
-                self.fs.rm(staged.temp)
-                self._touch(target)
+                _publish_file(staged.temp, target)
             else:
-                folder = target.rsplit("/", 1)[0]
-                new_folder = self.local and not os.path.isdir(folder)
-                self.fs.makedirs(folder, exist_ok=True)
+                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.mv(staged.temp, target)
-                if self.local:
-                    _sync(folder)
-                    if new_folder:
-                        _sync(folder.rsplit("/", 1)[0])
         except BaseException:
             self._remove_quietly(staged.temp)
             raise
@@ -279,7 +272,8 @@ class Storage:
         probe = self._temp_key("probe")
         token = uuid.uuid4().bytes
         try:
-            self.fs.pipe_file(probe, token)
+            with self._create(probe) as out:
+                out.write(token)
             if self.fs.cat_file(probe) != token:
                 raise OSError(f"storage at {self.url} returned other bytes than were written")
         finally:
@@ -301,17 +295,25 @@ class Storage:
                 removed += 1
         return removed
 
-    def _touch(self, key: str) -> None:
-        """Mark stored bytes on a local disk as stored again now, so that a sweep for files no
-        job names leaves them to the job about to name them."""
-        with contextlib.suppress(OSError):  # removed meanwhile: the commit will tell
-            os.utime(key)
-
     def _temp_key(self, kind: str) -> str:
         """A fresh temporary key beside the content keys (same filesystem, so a move is a rename)."""
-        folder = f"{self.root}/tmp"
-        self.fs.makedirs(folder, exist_ok=True)
-        return f"{folder}/{kind}-{uuid.uuid4().hex}"
+        return f"{self.root}/tmp/{kind}-{uuid.uuid4().hex}"
+
+    def _create(self, key: str) -> IO[bytes]:
+        """A new temporary object at `key` to write, its folder made if missing.
+
+        On a local disk the file is opened directly: asking first whether the folder is there,
+        and fsspec's layers around the file, cost more than writing a small output does.
+        """
+        if not self.local:
+            self.fs.makedirs(key.rsplit("/", 1)[0], exist_ok=True)
+            stream: IO[bytes] = self.fs.open(key, "wb", block_size=UPLOAD_PART)
+            return stream
+        try:
+            return open(key, "xb")
+        except FileNotFoundError:
+            os.makedirs(key.rsplit("/", 1)[0], exist_ok=True)
+            return open(key, "xb")
 
     def _remove_quietly(self, key: str) -> None:
         """Remove `key` if it is there; cleanup must never hide the error that caused it."""
@@ -409,6 +411,20 @@ def _modified(entry: dict[str, Any]) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     return None
+
+
+def _publish_file(temp: str, target: str) -> None:
+    """Sync the local file `temp`, move it to `target` (making its folder if it is the first
+    there) and sync the folder."""
+    _sync(temp)
+    folder = target.rsplit("/", 1)[0]
+    try:
+        os.replace(temp, target)
+    except FileNotFoundError:  # the first bytes under this prefix
+        os.makedirs(folder, exist_ok=True)
+        _sync(folder.rsplit("/", 1)[0])
+        os.replace(temp, target)
+    _sync(folder)
 
 
 def _sync(path: str) -> None:
