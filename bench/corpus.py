@@ -8,7 +8,8 @@ Two kinds:
   ingest's own work per character weighs the most against it.
 - "typeset" (Typst writes them): English words in two columns of justified, hyphenated
   paragraphs under headings, in embedded subset fonts with each glyph placed, as word
-  processors and TeX make documents.
+  processors and TeX make documents; with their typography too: curly quotes, apostrophes
+  and em dashes, so that the text is not ASCII, as almost no document's is.
 """
 
 from __future__ import annotations
@@ -149,13 +150,24 @@ def _typeset_page(rng: random.Random, weights: list[float], page: int) -> str:
     parts = [f"= Section {page}: {' '.join(rng.choices(ENGLISH[40:], k=3)).title()}"]
     size = 0
     while size < TYPESET_CHARS_PER_PAGE:
-        sentences = [
-            " ".join(rng.choices(ENGLISH, weights, k=rng.randint(8, 22))).capitalize() + "."
-            for _ in range(rng.randint(3, 7))
-        ]
+        sentences = [_typeset_sentence(rng, weights) for _ in range(rng.randint(3, 7))]
         paragraph = " ".join(sentences)
         if size + len(paragraph) > TYPESET_CHARS_PER_PAGE:  # the page ends with a shorter one
             paragraph = paragraph[: TYPESET_CHARS_PER_PAGE - size].rsplit(" ", 1)[0] + "."
         size += len(paragraph)
         parts.append(paragraph)
     return "\n\n".join(parts)
+
+
+def _typeset_sentence(rng: random.Random, weights: list[float]) -> str:
+    """A sentence of English words, some with a quoted phrase, a possessive or a dash: Typst
+    sets "..." as curly quotes, ' as an apostrophe and --- as an em dash."""
+    words = rng.choices(ENGLISH, weights, k=rng.randint(8, 22))
+    if rng.random() < 0.3:
+        at = rng.randrange(1, len(words) - 1)
+        words[at : at + 2] = [f'"{words[at]}', f'{words[at + 1]}"']
+    if rng.random() < 0.3:
+        words[rng.randrange(len(words) - 1)] += "'s"
+    if rng.random() < 0.2:
+        words.insert(rng.randrange(2, len(words)), "---")
+    return " ".join(words).capitalize() + "."

@@ -11,8 +11,9 @@ loaded per job, and the memory of the worker's children over many jobs.
 The corpus is generated (bench/corpus.py), the same on every run: --docs text PDFs of --pages
 pages, each page a running header, about 3,900 characters of text and a "Page n of m" footer.
 --corpus plain (the default): lines of made-up words in Helvetica, the least work a PDF reader
-can have per character; typeset: English in two columns of justified, hyphenated paragraphs,
-typeset by Typst in embedded fonts, as documents from word processors are. In one run, on this machine:
+can have per character; typeset: English in two columns of justified, hyphenated paragraphs
+with curly quotes and dashes, typeset by Typst in embedded fonts, as documents from word
+processors are. In one run, on this machine:
 1. throughput, bare: pypdfium2 opens each PDF and extracts the text of every page, in a
    multiprocessing Pool(2) that has already started (its start-up is not timed).
    throughput, jobs: the same documents, stored as inputs beforehand, each an `ingest` job run

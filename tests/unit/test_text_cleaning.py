@@ -39,6 +39,11 @@ def test_every_blank_and_control_character_becomes_one_space() -> None:
     expected = {code for code in range(sys.maxunicode + 1) if blank(chr(code))} - {10, 13, 32}
     assert set(_TO_SPACE) == expected
     assert clean_lines("a\x01\x85b \u3000 c\u2028d\t\t e\x0b") == ["a b c d e"]
+    # ASCII text and other text take different ways to the spaces: each is checked. (U+0002 is
+    # one of PDFium's hyphen marks, taken before.)
+    for code in _TO_SPACE.keys() - {0x02}:
+        assert clean_lines(f"a{chr(code)}b") == ["a b"], hex(code)
+        assert clean_lines(f"a{chr(code)}b \u00e9") == ["a b \u00e9"], hex(code)
 
 
 def test_a_hyphen_before_a_number_or_capital_stays() -> None:

@@ -16,21 +16,23 @@ _BREAK = r"(?:\r\n?|\n)"
 #: for it: one pattern for both, starting with the set, was tried at every character (on a
 #: typeset page with hyphenated words: 11 us against 1 us).
 _PDFIUM_HYPHENS = {mark: re.compile(f"{mark}{_BREAK}?") for mark in ("\ufffe", "\x02")}
-#: A hyphen, a line break, and a letter: a word split across lines when a letter comes before
-#: the hyphen too (checked by _join_split_word, not by a look-behind: a pattern that starts
-#: with one is tried at every character).
-_SPLIT_WORD = re.compile(rf"[-\u00ad\u2010][ \t]*{_BREAK}[ \t]*(?=[^\W\d_])")
-#: The same for ASCII text, where the hyphen can only be "-". A pattern that starts with one
-#: character is found by a fast scan for it; one that starts with a set of three is tried at
-#: every character too (on a page of 3,900 characters: under 1 us against 19 us).
-_SPLIT_WORD_ASCII = re.compile(rf"-[ \t]*{_BREAK}[ \t]*(?=[^\W\d_])")
+#: For each hyphen, the hyphen, a line break and a letter: a word split across lines when a
+#: letter comes before the hyphen too (checked by _join_split_word, not by a look-behind: a
+#: pattern that starts with one is tried at every character). A pattern for each hyphen, for the
+#: same reason as above: one for all three was tried at every character (13 us a page, against 2).
+_SPLIT_WORDS = {
+    hyphen: re.compile(rf"{hyphen}[ \t]*{_BREAK}[ \t]*(?=[^\W\d_])")
+    for hyphen in ("-", "\u00ad", "\u2010")
+}
 #: Characters that carry nothing a reader sees (soft hyphens, zero-width spaces, BOMs).
-_INVISIBLE = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff]")
+_INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
 #: Blanks within a line (whitespace but the line breaks CR and LF) and control characters, each
-#: to a space; str.translate does this in one pass, far faster than a pattern that stops at every
-#: space. (Every control character, U+0000-U+001F and U+007F-U+009F, and every other code point
-#: that str.isspace() calls whitespace; tests/unit/test_text_cleaning.py checks the list.) What
-#: str.splitlines() takes for a line break besides CR and LF is among them.
+#: to a space. (Every control character, U+0000-U+001F and U+007F-U+009F, and every other code
+#: point that str.isspace() calls whitespace; tests/unit/test_text_cleaning.py checks the list.)
+#: What str.splitlines() takes for a line break besides CR and LF is among them. In ASCII text
+#: str.translate maps them in one pass (9 us a page, against 24 us for a pattern); in other text
+#: it looks every character up in the table, and a pattern is the faster (13 us against 220): one
+#: that also finds the invisible characters, to remove them in the same pass.
 _TO_SPACE = dict.fromkeys(
     [
         *range(0x00, 0x20),
@@ -42,6 +44,7 @@ _TO_SPACE = dict.fromkeys(
     " ",
 )
 del _TO_SPACE[ord("\n")], _TO_SPACE[ord("\r")]
+_BLANK_OR_INVISIBLE = re.compile(f"[{re.escape(''.join(map(chr, _TO_SPACE)) + _INVISIBLE)}]")
 #: Two spaces or more (a literal prefix, found by a fast scan).
 _SPACE_RUN = re.compile("  +")
 _DIGITS = re.compile(r"\d+")
@@ -61,18 +64,19 @@ MIN_RUN = 3
 def clean_lines(raw: str) -> list[str]:
     """The lines of one page's raw text, cleaned, without blank ones at the ends or in runs."""
     text = unicodedata.normalize("NFKC", raw)
-    for mark, hyphen in _PDFIUM_HYPHENS.items():
+    for mark, pattern in _PDFIUM_HYPHENS.items():
         if mark in text:
-            text = hyphen.sub(_join_pdfium_hyphen, text)
+            text = pattern.sub(_join_pdfium_hyphen, text)
+    for hyphen, pattern in _SPLIT_WORDS.items():
+        if hyphen in text:
+            text = pattern.sub(_join_split_word, text)
     if text.isascii():
-        text = _SPLIT_WORD_ASCII.sub(_join_split_word, text)
+        text = text.translate(_TO_SPACE)
     else:
-        text = _SPLIT_WORD.sub(_join_split_word, text)
-        text = _INVISIBLE.sub("", text)
-    lines: list[str] = []
-    text = text.translate(_TO_SPACE)
+        text = _BLANK_OR_INVISIBLE.sub(_space_or_nothing, text)
     if "  " in text:
         text = _SPACE_RUN.sub(" ", text)
+    lines: list[str] = []
     # Lines split at CRLF, CR or LF in one pass (replacing CRLF by LF first took 7 us a page).
     for line in text.splitlines():
         line = line.strip(" ")
@@ -87,6 +91,11 @@ def _join_pdfium_hyphen(match: re.Match[str]) -> str:
     """Join a word PDFium saw split across lines; before a capital keep the hyphen and the break."""
     following = match.string[match.end() : match.end() + 1]
     return "" if following.islower() else "-\n"
+
+
+def _space_or_nothing(match: re.Match[str]) -> str:
+    """A space for a blank, nothing for an invisible character."""
+    return "" if match.group() in _INVISIBLE else " "
 
 
 def _join_split_word(match: re.Match[str]) -> str:
