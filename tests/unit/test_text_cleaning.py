@@ -44,6 +44,9 @@ def test_every_blank_and_control_character_becomes_one_space() -> None:
     for code in _TO_SPACE.keys() - {0x02}:
         assert clean_lines(f"a{chr(code)}b") == ["a b"], hex(code)
         assert clean_lines(f"a{chr(code)}b \u00e9") == ["a b \u00e9"], hex(code)
+    # Characters a reader cannot see go, in the same pass as the blanks.
+    for invisible in "\u00ad\u200b\u200c\u200d\u2060\ufeff":
+        assert clean_lines(f"a{invisible}b\tc \u00e9") == ["ab c \u00e9"], repr(invisible)
 
 
 def test_a_hyphen_before_a_number_or_capital_stays() -> None:
@@ -54,8 +57,12 @@ def test_a_hyphen_before_a_number_or_capital_stays() -> None:
 
 
 def test_words_split_across_lines_join_alike_in_ascii_and_other_text() -> None:
-    # ASCII text takes a faster search for split words than text with other characters.
     assert clean_lines("an ex-\n  ample, a dou-\t\nble") == ["an example, a double"]
+    # Each hyphen is looked for on its own: each joins, and a name after it keeps it.
+    for hyphen in ("-", "\u00ad", "\u2010"):
+        assert clean_lines(f"an ex{hyphen}\nample \u00e9") == ["an example \u00e9"], repr(hyphen)
+        kept = "" if hyphen == "\u00ad" else hyphen  # a soft hyphen is invisible: it goes
+        assert clean_lines(f"Jean{hyphen}\nPaul") == [f"Jean{kept}", "Paul"], repr(hyphen)
     assert clean_lines("an ex-\n  ample, a dou-\t\nble \u00e9") == ["an example, a double \u00e9"]
     assert clean_lines("a soft ex\u00ad\nample") == ["a soft example"]
 
