@@ -21,18 +21,19 @@ processors are. In one run, on this machine:
    no HTTP (bench/ingest_job_pool.py). Bare over this is what ingest costs beyond extraction;
    this over the service is what queueing costs.
    throughput, service: `docqueue serve --concurrency 2` on a fresh home (SQLite, files on
-   disk); once it is ready, 4 client threads upload every PDF as an `ingest` job; the time runs
-   from the first submission to the last job's finished_at. The service also cleans the text,
-   chunks it and stores document.json and text.txt. The ways alternate --repeat times (the
-   server sits idle during the other runs): bare, the jobs, the service with every job uploaded
-   first (queued: the workers' own rate, the row the target is read from), bare again right
-   after it, then the service as the jobs are uploaded. Each run's ratios compare the jobs and
-   the service with the mean of the two bare runs around them: this machine's speed drifts by
-   a quarter and more within a minute, so only measurements next to each other compare. The
-   verdict is the median of the runs' ratios; the best of each way across runs is shown too.
-   Before the runs, the time to create a file beside the service's home is measured and
-   printed: on this machine it swings from 15 us to 700 us with the disk's recent history
-   (file_creation_micros).
+   disk), warmed up by SERVICE_WARM_UP documents as the pool is, untimed (a worker's first
+   jobs count as long ones until it has timed a dozen); 4 client threads upload every PDF as an
+   `ingest` job; the time runs from the first submission to the last job's finished_at
+   (queued: see below). The service also cleans the text, chunks it and stores document.json
+   and text.txt. The ways alternate --repeat times (the server sits idle during the other
+   runs): bare, the jobs, the service with every job uploaded first (queued: the workers' own
+   rate, the row the target is read from), bare again right after it, then the service as the
+   jobs are uploaded. Each run's ratios compare the jobs and the service with the mean of the
+   two bare runs around them: this machine's speed drifts by a quarter and more within a
+   minute, so only measurements next to each other compare. The verdict is the median of the
+   runs' ratios; the best of each way across runs is shown too. Before the runs, the time to
+   create a file beside the service's home is measured and printed: on this machine it swings
+   from 15 us to 700 us with the disk's recent history (file_creation_micros).
 2. embed: on the same server, two `{"embed": true}` jobs run first so that both worker children
    load the model; then --embed-docs documents are ingested one at a time (submit, wait), with
    the model warm. Against that, a fresh process loops over the same documents: it loads
@@ -107,6 +108,10 @@ QUICK = {
 #: UPLOADS_PER_SECOND documents (uploads here run at 100-200 per second).
 UPLOAD_ALLOWANCE = 2.0
 UPLOADS_PER_SECOND = 50
+#: Documents the service runs before the first timed run. A worker that has timed no job yet
+#: counts jobs as long ones (one per free child, none claimed ahead) until its moving average
+#: of their run time has come down, a dozen jobs later; the timed runs measure it past that.
+SERVICE_WARM_UP = 32
 #: Files the probe of file creation makes beside the service's home.
 PROBE_FILES = 50
 #: Microseconds past which creating a file says the disk is slow for a reason of its own.
@@ -216,6 +221,7 @@ def measure_throughput(server: Server, paths: list[Path], repeat: int, root: Pat
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             pool.map(extract_text, paths[:2])  # start-up and imports, untimed
             job_pool.run(job_pool.store(made(copies(documents[:4], repeat))))  # the same
+            warm_up(server, documents[:SERVICE_WARM_UP], 2 * repeat)  # the same
             for run in range(repeat):
                 console.print(
                     f"run {run + 1} of {repeat}: pypdfium2 in Pool(2), the jobs with no queue, "
@@ -231,6 +237,14 @@ def measure_throughput(server: Server, paths: list[Path], repeat: int, root: Pat
     finally:
         job_pool.close()
     return runs
+
+
+def warm_up(server: Server, documents: list[tuple[str, bytes]], series: int) -> None:
+    """Run `documents` through the service, untimed: its worker learns how long jobs take.
+    `series` numbers the copies apart from those of the timed runs."""
+    ids = submit_all(server.url, copies(documents, series), {})
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        wait_all(client, ids)
 
 
 def bare_throughput(pool: Any, paths: list[Path]) -> Throughput:
