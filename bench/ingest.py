@@ -221,7 +221,8 @@ def measure_throughput(server: Server, paths: list[Path], repeat: int, root: Pat
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             pool.map(extract_text, paths[:2])  # start-up and imports, untimed
             job_pool.run(job_pool.store(made(copies(documents[:4], repeat))))  # the same
-            warm_up(server, documents[:SERVICE_WARM_UP], 2 * repeat)  # the same
+            # The same for the service (its copies numbered apart from the timed runs').
+            service_throughput(server, documents[:SERVICE_WARM_UP], 2 * repeat)
             for run in range(repeat):
                 console.print(
                     f"run {run + 1} of {repeat}: pypdfium2 in Pool(2), the jobs with no queue, "
@@ -237,14 +238,6 @@ def measure_throughput(server: Server, paths: list[Path], repeat: int, root: Pat
     finally:
         job_pool.close()
     return runs
-
-
-def warm_up(server: Server, documents: list[tuple[str, bytes]], series: int) -> None:
-    """Run `documents` through the service, untimed: its worker learns how long jobs take.
-    `series` numbers the copies apart from those of the timed runs."""
-    ids = submit_all(server.url, copies(documents, series), {})
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        wait_all(client, ids)
 
 
 def bare_throughput(pool: Any, paths: list[Path]) -> Throughput:
