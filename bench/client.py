@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -17,6 +18,8 @@ import httpx
 #: Client threads that upload documents in `submit_all`.
 UPLOADERS = 4
 FINISHED = {"succeeded", "failed", "cancelled"}
+#: Seconds between two looks at the queue's counts in `wait_drained`.
+DRAIN_POLL = 0.01
 
 
 def submit(
@@ -50,6 +53,16 @@ def wait_all(client: httpx.Client, ids: list[str]) -> list[dict[str, Any]]:
     long-poll is all the client asks of the server."""
     wait_finished(client, ids[-1])
     return [wait_finished(client, job_id) for job_id in ids]
+
+
+def wait_drained(client: httpx.Client, last_id: str) -> None:
+    """Wait for the job `last_id`, then until no job waits or runs any more."""
+    wait_finished(client, last_id)
+    while True:
+        totals: dict[str, int] = client.get("/v1/queue/stats").json()["totals"]
+        if not any(count for state, count in totals.items() if state not in FINISHED):
+            return
+        time.sleep(DRAIN_POLL)
 
 
 def submit_all(

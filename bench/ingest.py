@@ -34,6 +34,11 @@ processors are. In one run, on this machine:
    runs' ratios; the best of each way across runs is shown too. Before the runs, the time to
    create a file beside the service's home is measured and printed: on this machine it swings
    from 15 us to 700 us with the disk's recent history (file_creation_micros).
+   A second table gives the CPU per page each way, every thread and process counted, and for
+   the queued runs each part of the service on its own: the job children, the supervisor,
+   the API (from the moment the jobs may start until none waits or runs). The cores are
+   full in every way, so the ratio of pages/s follows the ratio of CPU per page: the table
+   says which part the difference is spent in.
 2. embed: on the same server, two `{"embed": true}` jobs run first so that both worker children
    load the model; then --embed-docs documents are ingested one at a time (submit, wait), with
    the model warm. Against that, a fresh process loops over the same documents: it loads
@@ -73,7 +78,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,7 +89,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from client import moment, submit_all, wait_all
+from client import moment, submit_all, wait_all, wait_drained
 from corpus import distinct_copy, write_corpus
 from docqueue.models import Artifact
 from ingest_embedding import cold_embedding, print_embedding, warm_embedding
@@ -112,6 +117,13 @@ UPLOADS_PER_SECOND = 50
 #: counts jobs as long ones (one per free child, none claimed ahead) until its moving average
 #: of their run time has come down, a dozen jobs later; the timed runs measure it past that.
 SERVICE_WARM_UP = 32
+#: The service's processes whose CPU a queued run counts (`Server.cpu_by_part`), and what
+#: each does.
+SERVICE_PARTS = {
+    "job children": "the ingest jobs, their outputs made durable (threads included)",
+    "supervisor": "claims, hands out and records the jobs (SQLite)",
+    "API": "the HTTP API: answers the client's long-poll",
+}
 #: Files the probe of file creation makes beside the service's home.
 PROBE_FILES = 50
 #: Microseconds past which creating a file says the disk is slow for a reason of its own.
@@ -204,11 +216,19 @@ class Throughput:
     seconds: float
     usage: Usage
     note: str = ""
+    #: CPU seconds each part of the service spent from the start to the last job's end
+    #: (queued runs only; see `Server.cpu_by_part`).
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
         """Pages per second."""
         return self.pages / self.seconds
+
+    @property
+    def cpu_per_page(self) -> float:
+        """CPU seconds per page of this benchmark's processes, the server's among them."""
+        return self.usage.ours * self.usage.seconds / self.pages
 
 
 def measure_throughput(server: Server, paths: list[Path], repeat: int, root: Path) -> list[Run]:
@@ -325,13 +345,18 @@ def queued_throughput(
     with cpu_usage() as usage:
         ids = submit_all(server.url, copies(documents, series), {}, fields)
         uploaded = time.time()
+        time.sleep(max(0.0, start_at - uploaded))
+        before = server.cpu_by_part()
         with httpx.Client(base_url=server.url, timeout=120) as client:
+            wait_drained(client, ids[-1])
+            after = server.cpu_by_part()
             jobs = wait_all(client, ids)
     first, last, pages = span(jobs)
     note = f"first job at {first - start_at:+.2f} s"
     if uploaded > start_at:
         note += f"; uploads ran {uploaded - start_at:.1f} s past the start: NOT only the workers"
-    return Throughput(pages, last - start_at, usage, note)
+    parts = {part: after[part] - before[part] for part in after}
+    return Throughput(pages, last - start_at, usage, note, parts)
 
 
 def service_throughput(
@@ -444,6 +469,39 @@ def print_throughput(runs: list[Run], creation: float) -> None:
         f"the jobs with no queue / bare = {jobs:.0%}: what ingest does beyond extraction "
         f"(cleaning, chunks, durable outputs); the service / the jobs with no queue = "
         f"{queueing:.0%}: what queueing costs (the store, the supervisor, the API)"
+    )
+    print_cpu(runs)
+
+
+def print_cpu(runs: list[Run]) -> None:
+    """CPU per page each way, medians of the runs: where the service's time goes. On a machine
+    whose cores the service keeps busy, its pages/s is bare's times bare's CPU per page over
+    its own."""
+    bare = statistics.median(
+        statistics.fmean(bare.cpu_per_page for bare in run.bares) for run in runs
+    )
+    rows = [
+        ("bare", "pypdfium2 in Pool(2)", bare),
+        (
+            "jobs, no queue",
+            "the ingest jobs, their outputs made durable",
+            statistics.median(run.jobs.cpu_per_page for run in runs),
+        ),
+    ]
+    for part, what in SERVICE_PARTS.items():
+        per_page = statistics.median(run.queued.parts[part] / run.queued.pages for run in runs)
+        rows.append((f"queued: {part}", what, per_page))
+    table = Table(title="CPU per page, median of the runs (every thread and process counted)")
+    for column in ("way", "what runs", "CPU us", "of bare"):
+        table.add_column(column, justify="left" if column in ("way", "what runs") else "right")
+    for way, what, per_page in rows:
+        table.add_row(way, what, f"{per_page * 1e6:,.0f}", f"{per_page / bare:.1%}")
+    console.print(table)
+    service = sum(per_page for way, _, per_page in rows if way.startswith("queued"))
+    console.print(
+        f"the queued service's parts together: {service / bare:.0%} of bare's CPU per page; "
+        f"with both cores busy, its pages/s can reach {bare / service:.0%} of bare's "
+        "(jobs and bare: the benchmark's processes, the idle server's among them)"
     )
 
 

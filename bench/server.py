@@ -57,6 +57,17 @@ class Server:
                 return pid
         raise LookupError(f"serve (pid {self.pid}) has no worker child; see {self.log_path}")
 
+    def cpu_by_part(self) -> dict[str, float]:
+        """CPU seconds each part of the service has used so far: the API (`api_pids`), the
+        worker's supervisor, and the children that run its jobs (with the forkserver that
+        starts them, whose count takes in the children it has reaped)."""
+        worker = descendants(self.worker_pid())
+        return {
+            "API": cpu_seconds(self.api_pids()),
+            "supervisor": cpu_seconds(worker[:1]),
+            "job children": cpu_seconds(worker[1:]),
+        }
+
     def api_pids(self) -> list[int]:
         """The serve process and its API processes (when it runs several): all but the worker."""
         worker = set(descendants(self.worker_pid()))
