@@ -96,7 +96,7 @@ from ingest_embedding import cold_embedding, print_embedding, warm_embedding
 from ingest_job_cost import measure_job_cost, print_job_cost
 from ingest_job_pool import JobPool
 from ingest_memory import measure_memory, print_memory
-from server import Server, Usage, cpu_usage, running_server
+from server import CLOCK_TICKS, Server, Usage, cpu_usage, running_server
 
 console = Console()
 #: The sizes of a --quick run.
@@ -124,6 +124,9 @@ SERVICE_PARTS = {
     "supervisor": "claims, hands out and records the jobs (SQLite)",
     "API": "the HTTP API: answers the client's long-poll",
 }
+#: Least CPU seconds of the service in a queued run for its table of CPU per page to be read
+#: (/proc counts CPU in clock ticks, a hundredth of a second here).
+READABLE_CPU_SECONDS = 2.0
 #: Files the probe of file creation makes beside the service's home.
 PROBE_FILES = 50
 #: Microseconds past which creating a file says the disk is slow for a reason of its own.
@@ -488,21 +491,28 @@ def print_cpu(runs: list[Run]) -> None:
             statistics.median(run.jobs.cpu_per_page for run in runs),
         ),
     ]
+    service = 0.0
     for part, what in SERVICE_PARTS.items():
         per_page = statistics.median(run.queued.parts[part] / run.queued.pages for run in runs)
         rows.append((f"queued: {part}", what, per_page))
+        service += per_page
     table = Table(title="CPU per page, median of the runs (every thread and process counted)")
     for column in ("way", "what runs", "CPU us", "of bare"):
         table.add_column(column, justify="left" if column in ("way", "what runs") else "right")
     for way, what, per_page in rows:
         table.add_row(way, what, f"{per_page * 1e6:,.0f}", f"{per_page / bare:.1%}")
     console.print(table)
-    service = sum(per_page for way, _, per_page in rows if way.startswith("queued"))
     console.print(
         f"the queued service's parts together: {service / bare:.0%} of bare's CPU per page; "
         f"with both cores busy, its pages/s can reach {bare / service:.0%} of bare's "
         "(jobs and bare: the benchmark's processes, the idle server's among them)"
     )
+    counted = min(sum(run.queued.parts.values()) for run in runs)
+    if counted < READABLE_CPU_SECONDS:
+        console.print(
+            f"NOT to be read: a queued run's service used only {counted:.2f} CPU seconds, and "
+            f"/proc counts in steps of {1 / CLOCK_TICKS:.2f} s; run more --docs"
+        )
 
 
 if __name__ == "__main__":
